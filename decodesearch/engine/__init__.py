@@ -1,0 +1,6 @@
+"""The branching decode engine (DESIGN §2)."""
+
+from decodesearch.engine.engine import Branch, CapacityError, Engine, EngineStats, derive_seed
+from decodesearch.engine.sampling import GREEDY, Sampler, Stop
+
+__all__ = ["Branch", "CapacityError", "Engine", "EngineStats", "GREEDY", "Sampler", "Stop", "derive_seed"]

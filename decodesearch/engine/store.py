@@ -1,0 +1,122 @@
+"""The branch KV store: preallocated per-layer buffers, one row per branch, plugged into HF as a `Cache`.
+
+Layout per layer: keys and values `[row_capacity, kv_heads, col_capacity, head_dim]`. A forward call
+writes its `q` new columns at the same column offset `col0` for every row in the call and attends
+over columns `[0, col0 + q)`; which of those a row may see is the engine's business (a 4-D mask).
+Capacity grows by doubling; the buffers are never concatenated per step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers.cache_utils import Cache, CacheLayerMixin
+
+from decodesearch.kernels import kv_copy, kv_gather
+
+
+@dataclass
+class CallContext:
+    """Where the current forward writes: `rows` (a slice when contiguous, else an index tensor)."""
+
+    rows: slice | torch.Tensor
+    col0: int
+    q: int
+
+
+class BranchLayer(CacheLayerMixin):
+    """One layer's buffers. Allocated lazily on the device where the layer's keys arrive."""
+
+    def __init__(self, store: "BranchKVStore"):
+        super().__init__()
+        self.store = store
+        self._rows_on: dict[torch.device, torch.Tensor] = {}
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        r, c = self.store.row_capacity, self.store.col_capacity
+        self.keys = key_states.new_zeros((r, key_states.shape[1], c, key_states.shape[3]))
+        self.values = value_states.new_zeros((r, value_states.shape[1], c, value_states.shape[3]))
+        self.device = key_states.device
+        self.is_initialized = True
+
+    def grow(self, rows: int, cols: int) -> None:
+        if not self.is_initialized:
+            return
+        for name in ("keys", "values"):
+            old = getattr(self, name)
+            new = old.new_zeros((rows, old.shape[1], cols, old.shape[3]))
+            new[: old.shape[0], :, : old.shape[2]] = old
+            setattr(self, name, new)
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        call = self.store.call
+        end = call.col0 + call.q
+        rows = call.rows
+        if isinstance(rows, torch.Tensor):
+            rows = rows.to(self.keys.device)
+            self.keys[rows, :, call.col0 : end] = key_states
+            self.values[rows, :, call.col0 : end] = value_states
+            return self.keys[rows, :, :end], self.values[rows, :, :end]
+        self.keys[rows, :, call.col0 : end] = key_states
+        self.values[rows, :, call.col0 : end] = value_states
+        return self.keys[rows, :, :end], self.values[rows, :, :end]
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.store.call.col0 + query_length, 0
+
+    def get_seq_length(self) -> int:
+        return self.store.call.col0 if self.store.call is not None else 0
+
+    def get_max_length(self) -> int:
+        return -1
+
+
+class BranchKVStore(Cache):
+    """A transformers `Cache` whose rows are branches. The engine sets `call` before each forward."""
+
+    def __init__(self, num_layers: int, row_capacity: int, col_capacity: int):
+        self.row_capacity = row_capacity
+        self.col_capacity = col_capacity
+        self.call: CallContext | None = None
+        super().__init__(layers=[BranchLayer(self) for _ in range(num_layers)])
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        return self.layers[layer_idx].update(key_states, value_states)
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.layers[layer_idx].get_seq_length()
+
+    def grow(self, rows: int, cols: int) -> None:
+        """Reallocate every layer to `rows` x `cols` capacity, keeping the contents."""
+        for layer in self.layers:
+            layer.grow(rows, cols)
+        self.row_capacity, self.col_capacity = rows, cols
+
+    def _by_device(self):
+        groups: dict[torch.device, tuple[list, list]] = {}
+        for layer in self.layers:
+            if layer.is_initialized:
+                ks, vs = groups.setdefault(layer.keys.device, ([], []))
+                ks.append(layer.keys)
+                vs.append(layer.values)
+        return groups
+
+    def copy_rows(self, src: list[int], dst: list[int], ncols: int) -> None:
+        """Copy columns [0, ncols) of rows `src[i]` to rows `dst[i]` in every layer (one launch per device)."""
+        for device, (ks, vs) in self._by_device().items():
+            s = torch.tensor(src, dtype=torch.int64, device=device)
+            d = torch.tensor(dst, dtype=torch.int64, device=device)
+            kv_copy(ks, vs, s, d, ncols)
+
+    def compact_rows(self, rows: list[int], cols: list[list[int]]) -> None:
+        """Left-pack each row: new column j of `rows[i]` = old column `cols[i][j]` (ascending, unique)."""
+        width = max(len(c) for c in cols)
+        index = [c + [c[-1] if c else 0] * (width - len(c)) for c in cols]
+        for device, (ks, vs) in self._by_device().items():
+            r = torch.tensor(rows, dtype=torch.int64, device=device)
+            idx = torch.tensor(index, dtype=torch.int64, device=device).reshape(len(rows), width)
+            cnt = torch.tensor([len(c) for c in cols], dtype=torch.int64, device=device)
+            kv_gather(ks, vs, r, idx, cnt)
