@@ -156,3 +156,19 @@ def test_bad_input_is_a_clear_error_and_engine_still_works(tiny_llama):
     engine.decode([child, root], 5)
     for b in (child, root):
         assert torch.allclose(engine.logits([b])[0], fresh_logits(model, b.tokens), atol=1e-4)
+
+
+def test_token_logprobs_of_sampled_tokens(tiny_llama):
+    model, tok = tiny_llama
+    engine = Engine(model, tok)
+    b = engine.prefill([1, 2, 3])
+    new = engine.decode([b], 6, Sampler(temperature=0.7, top_k=50), stop=Stop(eos_ids=()))[0]
+    assert len(new) == 6
+    engine.extend([b], [[9]])
+    assert b.token_logprobs[:3] == [None] * 3 and b.token_logprobs[-1] is None
+    with torch.no_grad():
+        lsm = torch.log_softmax(model(torch.tensor([b.tokens])).logits[0].float(), -1)
+    for i in range(3, 9):
+        assert abs(b.token_logprobs[i] - lsm[i - 1, b.tokens[i]].item()) < 1e-4
+    engine.rewind(b, 4)
+    assert len(b.token_logprobs) == len(b.tokens) == 6

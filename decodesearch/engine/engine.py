@@ -52,13 +52,15 @@ class Branch:
     """A handle on one token sequence whose KV lives in an `Engine`.
 
     `tokens` is the whole sequence (prompt included); `start` is the prompt length, which `rewind`
-    never goes below; `text` decodes `tokens[start:]`. Do not mutate `tokens`.
+    never goes below; `text` decodes `tokens[start:]`. `token_logprobs[i]` is the model's log-prob
+    (untempered) of a sampled token `tokens[i]`, None for teacher-forced ones. Do not mutate either.
     """
 
     def __init__(self, engine: "Engine", row: int, tokens: list[int], start: int, seed: int):
         self.engine = engine
         self.row = row
         self.tokens = tokens
+        self.token_logprobs: list[float | None] = []
         self.start = start
         self.seed = seed
         self.stop_reason: str | None = None
@@ -194,6 +196,7 @@ class Engine:
         children = []
         for row in rows:
             child = Branch(self, row, list(branch.tokens), branch.start, derive_seed(branch.seed, branch._forks))
+            child.token_logprobs = list(branch.token_logprobs)
             branch._forks += 1
             child._cols = list(branch._cols)
             child._end = ncols
@@ -250,15 +253,17 @@ class Engine:
             bs = [branches[i] for i in live]
             logits = self._logits(bs)
             gens = [] if sampler.greedy else [b.generator for b in bs]
-            picked = sampler.sample(logits, gens).tolist()
-            step_bs, step_ids, still = [], [], []
-            for i, b, tok in zip(live, bs, picked):
+            picked = sampler.sample(logits, gens)
+            chosen_lp = score(logits, picked[:, None].to(logits.device))[1][:, 0].tolist()
+            step_bs, step_ids, step_lps, still = [], [], [], []
+            for i, b, tok, lp in zip(live, bs, picked.tolist(), chosen_lp):
                 if tok in eos:
                     b.stop_reason = "eos"
                     continue
                 new[i].append(tok)
                 step_bs.append(b)
                 step_ids.append([tok])
+                step_lps.append([lp])
                 if len(new[i]) >= max_new_tokens:
                     b.stop_reason = "length"
                 elif b.length + 1 >= self.max_context:
@@ -268,7 +273,7 @@ class Engine:
                 else:
                     still.append(i)
             if step_bs:
-                self._forward(step_bs, step_ids)
+                self._forward(step_bs, step_ids, step_lps)
             live = still
         return new
 
@@ -284,6 +289,7 @@ class Engine:
         dropped = branch._cols[-n:]
         del branch._cols[-n:]
         del branch.tokens[-n:]
+        del branch.token_logprobs[-n:]
         self.valid[branch.row, torch.tensor(dropped, device=self._in_device)] = False
         branch._end = branch._cols[-1] + 1
         branch.stop_reason = None
@@ -327,10 +333,11 @@ class Engine:
 
     # ------------------------------------------------------------------ internals
 
-    def _forward(self, branches: list[Branch], ids: list[list[int]]) -> None:
+    def _forward(self, branches: list[Branch], ids: list[list[int]], logprobs: list[list[float]] | None = None) -> None:
         order = sorted(range(len(branches)), key=lambda i: branches[i].row)
         bs = [branches[i] for i in order]
         ids = [ids[i] for i in order]
+        lps = [[None] * len(x) for x in ids] if logprobs is None else [logprobs[i] for i in order]
         lens = [len(x) for x in ids]
         q = max(lens)
         col0 = self._prepare_columns(bs, q)
@@ -359,10 +366,11 @@ class Engine:
         hsel = sel if isinstance(sel, slice) else sel.to(self._out_device)
         self.hidden[hsel, col0 : col0 + q] = out.last_hidden_state.to(self._out_device)
         self.valid[vsel, col0 : col0 + q] = steps[None, :] < torch.tensor(lens, device=self._in_device)[:, None]
-        for b, x in zip(bs, ids):
+        for b, x, lp in zip(bs, ids, lps):
             b._cols.extend(range(col0, col0 + len(x)))
             b._end = col0 + len(x)
             b.tokens.extend(x)
+            b.token_logprobs.extend(lp)
         self.stats.tokens_forwarded += sum(lens)
         self.stats.forward_calls += 1
 
