@@ -172,3 +172,23 @@ def test_token_logprobs_of_sampled_tokens(tiny_llama):
         assert abs(b.token_logprobs[i] - lsm[i - 1, b.tokens[i]].item()) < 1e-4
     engine.rewind(b, 4)
     assert len(b.token_logprobs) == len(b.tokens) == 6
+
+
+def test_reencode_engine_same_tokens_more_forwarding(tiny_llama):
+    from decodesearch.engine import ReencodeEngine
+
+    model, tok = tiny_llama
+    outs, stats = [], []
+    for cls in (Engine, ReencodeEngine):
+        engine = cls(model, tok, seed=5)
+        root = engine.prefill(list(range(1, 30)))
+        kids = engine.fork(root, 3)
+        first = engine.decode(kids, 8, Sampler(temperature=1.0))
+        for k in kids:
+            engine.rewind(k, 4)
+        engine.extend(kids, [[7, 8]] * 3)
+        second = engine.decode(kids, 8, Sampler(temperature=1.0))
+        outs.append((first, second, [k.tokens for k in kids]))
+        stats.append(engine.stats.tokens_forwarded)
+    assert outs[0] == outs[1]
+    assert stats[1] > 2 * stats[0]

@@ -1,0 +1,75 @@
+"""`ReencodeEngine`: the Engine API run the way hand-rolled search loops (and the official RAIN
+code) run: batch size 1, one private HF cache per branch that only grows; a fork or a rewind is
+a cache miss, and a miss re-encodes the branch's whole sequence from scratch.
+
+It exists to measure what the engine saves (benchmarks/) and as a plain oracle in tests; it shares
+`Engine`'s decode loop, sampling and stop rules, so both produce the same tokens from the same seeds.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from transformers import DynamicCache
+
+from decodesearch.engine.engine import Branch, Engine, derive_seed
+
+
+class ReencodeEngine(Engine):
+    """Same operations and stats as `Engine`; no KV sharing between branches, no batching."""
+
+    @torch.no_grad()
+    def fork(self, branch: Branch, n: int) -> list[Branch]:
+        self._check_live([branch])
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"n={n!r} is out of range; accepted: an int >= 1")
+        children = []
+        for row in self._alloc_rows(n):
+            child = Branch(self, row, list(branch.tokens), branch.start, derive_seed(branch.seed, branch._forks))
+            child.token_logprobs = list(branch.token_logprobs)
+            branch._forks += 1
+            self._rows[row] = child
+            children.append(child)
+        self._note_peaks()
+        return children
+
+    @torch.no_grad()
+    def rewind(self, branch: Branch, n: int) -> None:
+        self._check_live([branch])
+        limit = branch.length - branch.start
+        if not isinstance(n, int) or not 0 <= n <= limit:
+            raise ValueError(f"n={n!r} is out of range for this branch; accepted: 0..{limit} (tokens after its prompt)")
+        if n:
+            del branch.tokens[-n:]
+            del branch.token_logprobs[-n:]
+            branch._reencode_cache = None  # a rewind is a cache miss
+            branch.stop_reason = None
+
+    def _forward(self, branches, ids, logprobs=None) -> None:
+        # Tokens are only recorded here; they are encoded lazily when logits are needed.
+        for i, (b, x) in enumerate(zip(branches, ids)):
+            b.tokens.extend(x)
+            b.token_logprobs.extend([None] * len(x) if logprobs is None else logprobs[i])
+
+    def _logits(self, bs: Sequence[Branch]) -> torch.Tensor:
+        rows = []
+        for b in bs:
+            cache = getattr(b, "_reencode_cache", None)
+            done = 0 if cache is None else cache.get_seq_length()
+            if cache is None:
+                cache = DynamicCache(config=self.model.config)
+            new = b.tokens[done:]
+            if new:
+                out = self.model(
+                    input_ids=torch.tensor([new], device=self._in_device), cache=cache, use_cache=True, logits_to_keep=1
+                )
+                b._reencode_cache, b._reencode_logits = cache, out.logits[0, -1].float()
+                self.stats.tokens_forwarded += len(new)
+                self.stats.forward_calls += 1
+            rows.append(b._reencode_logits)
+        return torch.stack(rows)
+
+    def _free(self, b: Branch) -> None:
+        b._reencode_cache = None
+        super()._free(b)
