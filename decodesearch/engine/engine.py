@@ -227,28 +227,30 @@ class Engine:
     def decode(
         self,
         branches: Sequence[Branch],
-        max_new_tokens: int,
+        max_new_tokens: int | Sequence[int],
         sampler: Sampler = GREEDY,
         stop: Stop | None = None,
     ) -> list[list[int]]:
-        """Sample up to `max_new_tokens` per branch, all live branches in one forward per step.
+        """Sample up to `max_new_tokens` (one int, or one per branch) per branch, all live branches
+        in one forward per step.
 
         Each branch stops on its own: `eos` (the EOS id is not appended), `stop_string` (kept),
         `length` or `context`. Returns the new tokens of each branch; sets `stop_reason`.
         """
         branches = list(branches)
         self._check_live(branches)
-        if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens={max_new_tokens!r} is out of range; accepted: an int >= 0")
+        limits = [max_new_tokens] * len(branches) if isinstance(max_new_tokens, int) else list(max_new_tokens)
+        if len(limits) != len(branches) or any(not isinstance(m, int) or m < 0 for m in limits):
+            raise ValueError(
+                f"max_new_tokens={max_new_tokens!r} is out of range; accepted: an int >= 0, or one per branch"
+            )
         stop = stop or Stop()
         eos = self.eos_ids if stop.eos_ids is None else stop.eos_ids
         window = max((len(s) for s in stop.strings), default=0) + 2
         new: list[list[int]] = [[] for _ in branches]
-        live = list(range(len(branches)))
-        for b in branches:
-            b.stop_reason = None
-        if max_new_tokens == 0:
-            return new
+        for b, m in zip(branches, limits):
+            b.stop_reason = None if m else "length"
+        live = [i for i, m in enumerate(limits) if m]
         while live:
             bs = [branches[i] for i in live]
             logits = self._logits(bs)
@@ -264,7 +266,7 @@ class Engine:
                 step_bs.append(b)
                 step_ids.append([tok])
                 step_lps.append([lp])
-                if len(new[i]) >= max_new_tokens:
+                if len(new[i]) >= limits[i]:
                     b.stop_reason = "length"
                 elif b.length + 1 >= self.max_context:
                     b.stop_reason = "context"

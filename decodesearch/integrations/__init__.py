@@ -1,0 +1,1 @@
+"""Entry points into other tools: HF generate, lm-evaluation-harness, accelerate sharding."""

@@ -1,0 +1,34 @@
+"""Search strategies (DESIGN §4), one file each, all on the engine; `make_strategy` by name."""
+
+from decodesearch.strategies.base import PromptFormat, Sample, SearchResult, Strategy
+from decodesearch.strategies.budget_forcing import BudgetForcing
+from decodesearch.strategies.ids import IDS
+from decodesearch.strategies.sampling import BestOfN, Greedy, Sampling, SelfConsistency
+
+STRATEGIES: dict[str, type[Strategy]] = {
+    cls.name: cls for cls in (Greedy, Sampling, BestOfN, SelfConsistency, BudgetForcing, IDS)
+}
+
+
+def _register_rain() -> None:
+    try:
+        from decodesearch.strategies.rain import RAIN
+    except ImportError:  # rain.py not present in this build
+        return
+    STRATEGIES[RAIN.name] = RAIN
+
+
+_register_rain()
+
+
+def make_strategy(name: str, **kwargs) -> Strategy:
+    """The strategy registered as `name`, built with `kwargs`."""
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(sorted(STRATEGIES))}")
+    return STRATEGIES[name](**kwargs)
+
+
+__all__ = [
+    "BestOfN", "BudgetForcing", "Greedy", "IDS", "PromptFormat", "Sample", "SearchResult", "STRATEGIES",
+    "SelfConsistency", "Sampling", "Strategy", "make_strategy",
+]

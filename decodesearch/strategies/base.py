@@ -26,6 +26,7 @@ class Sample:
     text: str
     answer: str | None
     tokens_generated: int
+    token_ids: list[int] = field(default_factory=list)
     stop_reason: str | None = None
     answers_before_triggers: list[str | None] = field(default_factory=list)
     score: float | None = None
@@ -33,8 +34,9 @@ class Sample:
 
 @dataclass
 class SearchResult:
-    """The outcome of a search on one prompt. `text`/`answer` are the final choice; `trace` is a
-    list of events, each a dict with at least `event` (fork, trigger, rewind, score, answer, ...)."""
+    """The outcome of a search on one prompt. `text`/`answer`/`token_ids` are the final choice;
+    `trace` is a list of events, each a dict with at least `event` (fork, trigger, rewind, score,
+    answer, ...). Token counts are per prompt; `tokens_forwarded` is what the engine forwarded."""
 
     prompt: str
     text: str
@@ -45,6 +47,7 @@ class SearchResult:
     tokens_forwarded: int
     wall_s: float
     strategy: str
+    token_ids: list[int] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -146,10 +149,11 @@ class Strategy:
             tokens_forwarded=0,
             wall_s=0.0,
             strategy=self.name,
+            token_ids=list(chosen.token_ids),
         )
 
 
 def make_sample(branch: Branch, tokens_generated: int, **extra) -> Sample:
     text = branch.text
     return Sample(text=text, answer=extract_answer(text), tokens_generated=tokens_generated,
-                  stop_reason=branch.stop_reason, **extra)
+                  token_ids=list(branch.new_tokens), stop_reason=branch.stop_reason, **extra)

@@ -1,0 +1,85 @@
+"""The two user entry points: `generate(model, tokenizer, prompts, strategy=...)` and the HF route
+`model.generate(**inputs, custom_generate=hf(strategy, tokenizer))`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+from transformers.generation.utils import GenerateDecoderOnlyOutput
+
+from decodesearch.engine import Engine
+from decodesearch.strategies import SearchResult, Strategy, make_strategy
+
+
+def _strategy(strategy: str | Strategy, kwargs: dict) -> Strategy:
+    if isinstance(strategy, Strategy):
+        if kwargs:
+            raise ValueError(f"options {sorted(kwargs)} given with a built strategy; pass them to its constructor")
+        return strategy
+    return make_strategy(strategy, **kwargs)
+
+
+def generate(
+    model,
+    tokenizer,
+    prompts: str | Sequence[str],
+    strategy: str | Strategy = "greedy",
+    *,
+    engine: Engine | None = None,
+    engine_kwargs: dict | None = None,
+    **strategy_kwargs,
+) -> list[SearchResult]:
+    """Run `strategy` (a name from `STRATEGIES` with its options, or a built `Strategy`) on each
+    prompt; one `SearchResult` per prompt. An `engine` may be passed to reuse its memory."""
+    strat = _strategy(strategy, strategy_kwargs)
+    engine = engine or Engine(model, tokenizer, **(engine_kwargs or {}))
+    return strat.run(engine, [prompts] if isinstance(prompts, str) else list(prompts))
+
+
+@dataclass
+class SearchGenerateOutput(GenerateDecoderOnlyOutput):
+    """`GenerateDecoderOnlyOutput` plus the `SearchResult` (with its trace) of each input row."""
+
+    results: list[SearchResult] | None = None
+
+
+def hf(strategy: str | Strategy, tokenizer=None, engine_kwargs: dict | None = None, **strategy_kwargs):
+    """A callable for `model.generate(**inputs, custom_generate=hf(strategy, tokenizer))`.
+
+    Each input row (left or right padding, read from `attention_mask`) is used as already-formatted
+    prompt ids. Returns `sequences` `[B, prompt + new]` (each row's input followed by the chosen
+    sample's tokens, right-padded with the pad id); with `return_dict_in_generate=True`, a
+    `SearchGenerateOutput` whose `results` hold the traces. `tokenizer` may instead be passed to
+    `generate(tokenizer=...)`.
+    """
+    strat = _strategy(strategy, strategy_kwargs)
+
+    def custom_generate(model, input_ids: torch.Tensor, logits_processor=None, stopping_criteria=None,
+                        generation_config=None, **model_kwargs: Any):
+        tok = tokenizer or model_kwargs.get("tokenizer")
+        if tok is None:
+            raise ValueError("hf(strategy) needs a tokenizer: hf(strategy, tokenizer) or generate(..., tokenizer=tok)")
+        mask = model_kwargs.get("attention_mask")
+        mask = torch.ones_like(input_ids) if mask is None else mask
+        engine = Engine(model, tok, **(engine_kwargs or {}))
+        results = []
+        for row, keep in zip(input_ids.tolist(), mask.bool().tolist()):
+            ids = [t for t, k in zip(row, keep) if k]
+            results.append(strat.run_ids(engine, ids, tok.decode(ids)))
+        pad = generation_config.pad_token_id if generation_config is not None else None
+        if pad is None:
+            pad = min(engine.eos_ids) if engine.eos_ids else 0
+        pad = pad[0] if isinstance(pad, (list, tuple)) else pad
+        new = [r.token_ids for r in results]
+        width = input_ids.shape[1] + max(map(len, new))
+        seqs = torch.full((len(results), width), int(pad), dtype=input_ids.dtype, device=input_ids.device)
+        seqs[:, : input_ids.shape[1]] = input_ids
+        for i, ids in enumerate(new):
+            seqs[i, input_ids.shape[1] : input_ids.shape[1] + len(ids)] = torch.tensor(ids, dtype=input_ids.dtype)
+        if generation_config is not None and generation_config.return_dict_in_generate:
+            return SearchGenerateOutput(sequences=seqs, results=results)
+        return seqs
+
+    return custom_generate

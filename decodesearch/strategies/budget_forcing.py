@@ -1,0 +1,87 @@
+"""s1 budget forcing (Muennighoff et al. 2025, arXiv 2501.19393) on the engine.
+
+The model "thinks" until it ends (EOS or the `end_of_thinking` string) or spends
+`max_thinking_tokens`. An end that comes while fewer than `min_thinking_tokens` were spent, or
+while forced continuations remain (`num_ignore`), is suppressed: the end is rewound (an EOS is
+never appended) and the `ignore` string ("Wait") is teacher-forced, and thinking goes on. Then the
+`answer_cue` is forced and the answer decoded (at most `max_answer_tokens`).
+"""
+
+from __future__ import annotations
+
+from decodesearch.engine import GREEDY, Branch, Engine, Sampler, Stop
+from decodesearch.scoring.answers import extract_answer
+from decodesearch.strategies.base import SearchResult, Strategy, check_positive_int, make_sample
+
+
+class BudgetForcing(Strategy):
+    name = "budget_forcing"
+
+    def __init__(
+        self,
+        min_thinking_tokens: int = 0,
+        max_thinking_tokens: int = 512,
+        ignore: str = "\n\nWait",
+        num_ignore: int = 1,
+        end_of_thinking: str = "Final Answer",
+        answer_cue: str = "\n\nFinal Answer: \\boxed{",
+        max_answer_tokens: int = 32,
+        **kwargs,
+    ):
+        check_positive_int("max_thinking_tokens", max_thinking_tokens)
+        check_positive_int("max_answer_tokens", max_answer_tokens)
+        check_positive_int("min_thinking_tokens", min_thinking_tokens, minimum=0)
+        check_positive_int("num_ignore", num_ignore, minimum=0)
+        if min_thinking_tokens > max_thinking_tokens:
+            raise ValueError(
+                f"min_thinking_tokens={min_thinking_tokens} is out of range; accepted: 0..max_thinking_tokens "
+                f"({max_thinking_tokens})"
+            )
+        for name, value in (("ignore", ignore), ("end_of_thinking", end_of_thinking), ("answer_cue", answer_cue)):
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"{name} must be a non-empty string")
+        kwargs.setdefault("max_tokens", max_thinking_tokens + max_answer_tokens)
+        super().__init__(**kwargs)
+        self.min_thinking_tokens, self.max_thinking_tokens = min_thinking_tokens, max_thinking_tokens
+        self.ignore, self.num_ignore = ignore, num_ignore
+        self.end_of_thinking, self.answer_cue, self.max_answer_tokens = end_of_thinking, answer_cue, max_answer_tokens
+
+    def default_sampler(self) -> Sampler:
+        return GREEDY
+
+    def search(self, engine: Engine, root: Branch, prompt: str) -> SearchResult:
+        tok = engine.tokenizer
+        b = engine.fork(root, 1)[0]
+        think_stop = Stop(eos_ids=self.stop.eos_ids, strings=self.stop.strings + (self.end_of_thinking,))
+        thought, ignored, before, trace = 0, 0, [], []
+        while True:
+            out = engine.decode([b], self.max_thinking_tokens - thought, self.sampler, think_stop)[0]
+            thought += len(out)
+            trace.append({"event": "think", "tokens": len(out), "stop": b.stop_reason})
+            ended = b.stop_reason in ("eos", "stop_string")
+            wants_more = ignored < self.num_ignore or thought < self.min_thinking_tokens
+            if not (ended and wants_more and thought < self.max_thinking_tokens):
+                break
+            if b.stop_reason == "stop_string":
+                cut = self._tokens_holding(tok, out, self.end_of_thinking)
+                engine.rewind(b, cut)
+                trace.append({"event": "rewind", "tokens": cut})
+            answer = extract_answer(b.text)
+            before.append(answer)
+            engine.extend([b], [tok.encode(self.ignore, add_special_tokens=False)])
+            ignored += 1
+            trace.append({"event": "trigger", "trigger": self.ignore, "position": thought, "answer_before": answer})
+        engine.extend([b], [tok.encode(self.answer_cue, add_special_tokens=False)])
+        trace.append({"event": "answer_cue", "position": thought})
+        out = engine.decode([b], self.max_answer_tokens, GREEDY, self.stop)[0]
+        sample = make_sample(b, thought + len(out), answers_before_triggers=before)
+        trace.append({"event": "answer", "answer": sample.answer, "tokens": sample.tokens_generated})
+        return self.result(prompt, sample, [sample], trace)
+
+    @staticmethod
+    def _tokens_holding(tok, out: list[int], text: str) -> int:
+        """How many trailing tokens of `out` to drop so their decoded text no longer holds `text`."""
+        for k in range(1, len(out) + 1):
+            if text not in tok.decode(out[: len(out) - k], skip_special_tokens=False):
+                return k
+        return len(out)

@@ -1,0 +1,135 @@
+"""Strategies on tiny random models: schedules, policies, aggregation, seeds, zero recompute, APIs."""
+
+import pytest
+import torch
+
+from conftest import ByteTokenizer, tiny_model
+from decodesearch import generate, hf
+from decodesearch.engine import Engine, Sampler, Stop
+from decodesearch.strategies import (
+    IDS, BestOfN, BudgetForcing, Greedy, PromptFormat, Sample, Sampling, SelfConsistency, make_strategy,
+)
+from decodesearch.strategies.ids import DEFAULT_TRIGGERS, segment_boundaries
+from decodesearch.strategies.sampling import vote
+
+PLAIN = PromptFormat(instruction=None, chat=False)
+NO_EOS = Stop(eos_ids=())
+
+
+@pytest.fixture(scope="module")
+def llama():
+    return tiny_model("llama"), ByteTokenizer()
+
+
+def test_segment_boundaries_are_geometric():
+    assert segment_boundaries(128, 2.0, 1024) == [128, 384, 896]
+    assert segment_boundaries(4, 1.5, 30) == [4, 10, 19]  # 4, +6, +9, (+13.5 -> 14 would pass 30)
+    assert segment_boundaries(10, 2.0, 10) == []
+
+
+def test_ids_triggers_follow_schedule_and_nothing_is_forwarded_twice(llama):
+    model, tok = llama
+    engine = Engine(model, tok)
+    ids = IDS(n=3, b0=4, gamma=2.0, max_tokens=20, stop=NO_EOS, prompt_format=PLAIN, seed=1)
+    res = ids.run(engine, ["What is 2+3?"])[0]
+    prompt_len = len(tok.encode("What is 2+3?"))
+    triggers = [e for e in res.trace if e["event"] == "trigger"]
+    for i in range(3):
+        assert [e["position"] for e in triggers if e["sample"] == i] == [4, 12]
+        assert res.samples[i].tokens_generated == 20
+        assert len(res.samples[i].answers_before_triggers) == 2
+    trig_tokens = sum(len(tok.encode(e["trigger"])) for e in triggers)
+    # One prefill of the prompt, then each sampled or trigger token exactly once.
+    assert res.tokens_forwarded == prompt_len + 3 * 20 + trig_tokens
+    assert res.tokens_generated == 60
+    assert engine.live_branches == []  # everything released
+
+
+def test_ids_policies_on_early_finish(llama):
+    model, tok = llama
+    probe = Engine(model, tok)
+    greedy = probe.decode([probe.prefill(tok.encode("Q"))], 12, stop=NO_EOS)[0]
+    cut = max(j for j in range(2, 12) if greedy[j] not in greedy[:j])
+    stop = Stop(eos_ids={greedy[cut]})
+    common = dict(n=1, b0=50, max_tokens=60, stop=stop, prompt_format=PLAIN, sampler=Sampler(temperature=0.0))
+    accepted = IDS(policy="accept", **common).run(Engine(model, tok), ["Q"])[0]
+    assert accepted.samples[0].tokens_generated == cut
+    assert not [e for e in accepted.trace if e["event"] == "trigger"]
+    forced = IDS(policy="force", **common).run(Engine(model, tok), ["Q"])[0]
+    first = [e for e in forced.trace if e["event"] == "trigger"][0]
+    assert first["reason"] == "early_stop" and first["position"] == cut
+    assert forced.samples[0].tokens_generated > cut
+    trigger = tok.decode(tok.encode(DEFAULT_TRIGGERS[0]))
+    assert forced.samples[0].text.startswith(tok.decode(greedy[:cut]) + trigger)
+
+
+def test_vote_and_best_of_n_aggregation(llama):
+    mk = lambda a: Sample(text=f"\\boxed{{{a}}}", answer=a, tokens_generated=1)
+    assert vote([mk("1"), mk("2"), mk("2"), mk("1"), mk("3")]) == 0  # a 2:2 tie goes to the earliest group
+    assert vote([mk("1"), mk("2"), mk("2")]) == 1
+    assert vote([Sample(text="", answer=None, tokens_generated=0)] * 2) == 0
+    model, tok = llama
+    res = BestOfN(n=4, scorer=len, max_tokens=10, prompt_format=PLAIN, seed=3).run(Engine(model, tok), ["hi"])[0]
+    assert res.text == max((s.text for s in res.samples), key=len)
+    assert [e["event"] for e in res.trace].count("score") == 4
+    sc = SelfConsistency(n=5, max_tokens=10, prompt_format=PLAIN, seed=3).run(Engine(model, tok), ["hi"])[0]
+    assert sc.text == sc.samples[vote(sc.samples)].text
+
+
+@pytest.mark.parametrize("make", [
+    lambda seed: Sampling(n=3, max_tokens=12, prompt_format=PLAIN, seed=seed),
+    lambda seed: IDS(n=3, b0=3, max_tokens=12, prompt_format=PLAIN, seed=seed, trigger_order="random"),
+], ids=["sampling", "ids"])
+def test_determinism_by_seed(llama, make):
+    model, tok = llama
+    run = lambda seed: [s.text for s in make(seed).run(Engine(model, tok), ["abc"])[0].samples]
+    assert run(7) == run(7)
+    assert run(7) != run(8)
+
+
+def test_budget_forcing_suppresses_the_first_end(llama):
+    model, tok = llama
+    probe = Engine(model, tok)
+    greedy = probe.decode([probe.prefill(tok.encode("Q"))], 12, stop=NO_EOS)[0]
+    cut = max(j for j in range(2, 12) if greedy[j] not in greedy[:j])
+    bf = BudgetForcing(max_thinking_tokens=40, num_ignore=1, ignore="Wait", max_answer_tokens=5,
+                       stop=Stop(eos_ids={greedy[cut]}), prompt_format=PLAIN)
+    res = bf.run(Engine(model, tok), ["Q"])[0]
+    trig = [e for e in res.trace if e["event"] == "trigger"]
+    assert len(trig) == 1 and trig[0]["position"] == cut
+    assert res.text.startswith(tok.decode(greedy[:cut]) + "Wait")
+    assert tok.decode(tok.encode("Final Answer: \\boxed{")) in res.text
+
+
+def test_generate_api_and_hf_custom_generate(llama):
+    model, tok = llama
+    results = generate(model, tok, ["hello", "abc"], strategy="greedy", max_tokens=8, prompt_format=PLAIN)
+    assert len(results) == 2 and all(r.tokens_generated <= 8 for r in results)
+    # HF route: left-padded batch, sequences = input + the chosen tokens.
+    rows = [tok.encode("hello"), tok.encode("abc")]
+    width = max(map(len, rows))
+    input_ids = torch.tensor([[0] * (width - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    seqs = model.generate(input_ids=input_ids, attention_mask=mask,
+                          custom_generate=hf("greedy", tok, max_tokens=8, prompt_format=PLAIN))
+    for i, r in enumerate(results):
+        assert seqs[i, :width].tolist() == input_ids[i].tolist()
+        assert seqs[i, width: width + len(r.token_ids)].tolist() == r.token_ids
+    out = model.generate(input_ids=input_ids, attention_mask=mask, return_dict_in_generate=True,
+                         custom_generate=hf(IDS(n=2, b0=2, max_tokens=6, prompt_format=PLAIN), tok))
+    assert out.sequences.shape[0] == 2 and len(out.results) == 2
+    assert any(e["event"] == "trigger" for e in out.results[0].trace)
+
+
+def test_bad_input():
+    for kwargs, name in [(dict(n=0), "n="), (dict(gamma=1.0), "gamma="), (dict(b0=600, max_tokens=512), "b0="),
+                         (dict(triggers=[]), "triggers"), (dict(policy="x"), "policy="),
+                         (dict(aggregate="x"), "aggregate=")]:
+        with pytest.raises(ValueError, match=name):
+            IDS(**kwargs)
+    with pytest.raises(ValueError, match="n="):
+        Sampling(n=0)
+    with pytest.raises(ValueError, match="unknown strategy 'beam'.*greedy"):
+        make_strategy("beam")
+    with pytest.raises(ValueError, match="min_thinking_tokens="):
+        BudgetForcing(min_thinking_tokens=10, max_thinking_tokens=5)
