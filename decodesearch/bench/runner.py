@@ -1,0 +1,122 @@
+"""Run a strategy over a dataset into a resumable results file (`decodesearch bench`).
+
+Each finished problem is appended and flushed at once, so an interrupted run loses nothing and a
+rerun of the same command skips the finished ids. Under `accelerate launch` (more than one
+process), problems are dealt round-robin to ranks, each rank writes its own shard
+(`run.rank{i}.jsonl`) and rank 0 merges the shards into the requested file.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from decodesearch.bench.datasets import Problem
+from decodesearch.bench.results import merge_shards, open_results, read_results, shard_path
+from decodesearch.engine import Engine
+from decodesearch.scoring.answers import check_answer
+from decodesearch.strategies import SearchResult, Strategy
+
+# Config keys that do not change results, so they never block a resume.
+RESUME_IGNORES = ("limit", "out", "plot")
+
+
+def to_record(problem: Problem, result: SearchResult) -> dict:
+    """The results-file record (schema in `decodesearch.bench.results`) of one solved problem."""
+    samples = []
+    for s in result.samples:
+        samples.append({
+            "text": s.text,
+            "answer": s.answer,
+            "correct": check_answer(s.answer, problem.answer, problem.kind),
+            "answers_before_triggers": list(s.answers_before_triggers),
+            "correct_before_triggers": [check_answer(a, problem.answer, problem.kind)
+                                        for a in s.answers_before_triggers],
+            "tokens_generated": s.tokens_generated,
+        })
+    return {
+        "id": problem.id,
+        "problem": problem.problem,
+        "gold": problem.answer,
+        "kind": problem.kind,
+        "answer": result.answer,
+        "correct": check_answer(result.answer, problem.answer, problem.kind),
+        "samples": samples,
+        "tokens_generated": result.tokens_generated,
+        "tokens_forwarded": result.tokens_forwarded,
+        "wall_s": result.wall_s,
+        "strategy": result.strategy,
+        "trace": {"events": result.trace},
+    }
+
+
+class Progress:
+    """A one-line progress bar on stderr with the running accuracy and an ETA."""
+
+    def __init__(self, total: int, done: int = 0, correct: int = 0, label: str = ""):
+        self.total, self.done, self.correct, self.label = total, done, correct, label
+        self.t0, self.new = time.perf_counter(), 0
+
+    def update(self, correct: bool) -> None:
+        self.done += 1
+        self.new += 1
+        self.correct += bool(correct)
+        per = (time.perf_counter() - self.t0) / self.new
+        width = 24
+        fill = int(width * self.done / max(1, self.total))
+        eta = per * (self.total - self.done)
+        sys.stderr.write(
+            f"\r{self.label}[{'#' * fill}{'.' * (width - fill)}] {self.done}/{self.total} "
+            f"acc {100 * self.correct / self.done:5.1f}% | {per:5.1f} s/problem | eta {eta / 60:4.1f} min "
+        )
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        sys.stderr.write("\n")
+
+
+def run_bench(
+    engine: Engine,
+    strategy: Strategy,
+    problems: Sequence[Problem],
+    out: str,
+    config: dict,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    progress: bool = True,
+) -> int:
+    """Solve each problem not yet in `out` (or this rank's shard of it) and append its record.
+    Returns the number of problems solved in this call. A configuration that differs from the
+    file's header is refused (ValueError naming the keys) before anything runs."""
+    path = out if world_size == 1 else shard_path(out, rank)
+    merged = set()
+    if world_size > 1 and Path(out).exists():  # a resumed sharded run: skip what was merged already
+        merged = {r["id"] for r in read_results(out)[1]}
+    mine = [p for i, p in enumerate(problems) if i % world_size == rank and p.id not in merged]
+    solved = 0
+    with open_results(path, config, ignore_keys=RESUME_IGNORES) as results:
+        todo = [p for p in mine if p.id not in results]
+        done = [r for r in results.records if r["id"] in {p.id for p in mine}]
+        bar = Progress(len(mine), len(done), sum(bool(r.get("correct")) for r in done),
+                       label=f"rank {rank} " if world_size > 1 else "") if progress else None
+        try:
+            for p in todo:
+                ids = strategy.prompt_format.encode(engine.tokenizer, p.problem)
+                record = to_record(p, strategy.run_ids(engine, ids, p.problem))
+                results.append(record)
+                solved += 1
+                if bar:
+                    bar.update(record["correct"])
+        finally:
+            if bar:
+                bar.close()
+    return solved
+
+
+def merge(out: str, config: dict, world_size: int, order: Sequence[str]) -> int:
+    """Rank 0, after every rank finished: merge the shards into `out` (shards are removed)."""
+    return merge_shards(out, config=config, world_size=world_size, order=list(order),
+                        ignore_keys=RESUME_IGNORES, remove=True)

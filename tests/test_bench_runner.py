@@ -1,0 +1,59 @@
+"""The benchmark runner: records, resume, config refusal, sharding and merge (in-process ranks)."""
+
+import json
+
+import pytest
+
+from conftest import ByteTokenizer, tiny_model
+from decodesearch.bench.datasets import load_dataset
+from decodesearch.bench.results import read_results, shard_path
+from decodesearch.bench.runner import merge, run_bench
+from decodesearch.engine import Engine
+from decodesearch.strategies import IDS, PromptFormat, Sampling
+
+PLAIN = PromptFormat(instruction=None, chat=False)
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return Engine(tiny_model("llama"), ByteTokenizer())
+
+
+def config(**extra):
+    return {"model": "tiny-llama", "dataset": "arith", "strategy": "sampling", "n": 2, "max_tokens": 8, **extra}
+
+
+def test_records_resume_and_refusal(engine, tmp_path):
+    out = tmp_path / "run.jsonl"
+    strat = Sampling(n=2, max_tokens=8, prompt_format=PLAIN, seed=0)
+    assert run_bench(engine, strat, load_dataset("arith", limit=3), str(out), config(limit=3), progress=False) == 3
+    cfg, recs = read_results(out)
+    assert [r["id"] for r in recs] == [p.id for p in load_dataset("arith", limit=3)]
+    r = recs[0]
+    assert len(r["samples"]) == 2 and r["tokens_forwarded"] > 0 and isinstance(r["correct"], bool)
+    assert r["trace"]["events"][0]["event"] == "fork"
+    # Same command with a larger limit: only the new problems run.
+    assert run_bench(engine, strat, load_dataset("arith", limit=5), str(out), config(limit=5), progress=False) == 2
+    ids = [r["id"] for r in read_results(out)[1]]
+    assert len(ids) == len(set(ids)) == 5
+    before = out.read_bytes()
+    with pytest.raises(ValueError, match="max_tokens"):
+        run_bench(engine, strat, load_dataset("arith", limit=5), str(out), config(max_tokens=9), progress=False)
+    assert out.read_bytes() == before
+
+
+def test_sharded_ranks_and_merge(engine, tmp_path):
+    out = tmp_path / "run.jsonl"
+    problems = load_dataset("arith", limit=5)
+    strat = IDS(n=2, b0=2, max_tokens=6, prompt_format=PLAIN, seed=0)
+    for rank in (0, 1):
+        run_bench(engine, strat, problems, str(out), config(), rank=rank, world_size=2, progress=False)
+    assert len(read_results(shard_path(out, 0))[1]) == 3 and len(read_results(shard_path(out, 1))[1]) == 2
+    assert merge(str(out), config(), 2, [p.id for p in problems]) == 5
+    assert [r["id"] for r in read_results(out)[1]] == [p.id for p in problems]
+    assert not shard_path(out, 0).exists()
+    rec = read_results(out)[1][0]
+    assert all(len(s["answers_before_triggers"]) == len(s["correct_before_triggers"]) for s in rec["samples"])
+    # A rerun after the merge finds nothing left to do.
+    for rank in (0, 1):
+        assert run_bench(engine, strat, problems, str(out), config(), rank=rank, world_size=2, progress=False) == 0
