@@ -16,7 +16,6 @@ from typing import Callable
 import decodesearch
 
 DEMO_MODEL = "smollm2-135m-instruct"
-DEMO_PROMPT = "Explain in two sentences why the sky is blue."
 
 
 def _print_registry() -> None:
@@ -60,40 +59,250 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------ strategy options (shared)
+
+# CLI flag -> strategy constructor keyword. Only flags the user gives are passed, so each strategy
+# receives just its own options; one that does not apply is a clear error.
+STRATEGY_FLAGS = {
+    "n": int, "b0": int, "gamma": float, "policy": str, "aggregate": str, "trigger_order": str,
+    "min_thinking_tokens": int, "max_thinking_tokens": int, "num_ignore": int, "ignore": str,
+    "max_answer_tokens": int,
+}
+
+
+def _args_strategy(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("strategy")
+    g.add_argument("--strategy", default="greedy", help="greedy, sampling, best_of_n, self_consistency, "
+                   "budget_forcing, ids, rain (default greedy)")
+    g.add_argument("--max-tokens", type=int, default=None, help="new-token budget per sample")
+    g.add_argument("--temperature", type=float, default=None)
+    g.add_argument("--top-k", type=int, default=None)
+    g.add_argument("--top-p", type=float, default=None)
+    g.add_argument("--min-p", type=float, default=None)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--trigger", action="append", dest="triggers", help="IDS trigger sentence (repeatable)")
+    g.add_argument("--instruction", default=None, help="text appended to each problem (default asks for \\boxed{})")
+    g.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other strategy option, e.g. --opt K=10 (number, bool or text)")
+    for flag, kind in STRATEGY_FLAGS.items():
+        g.add_argument("--" + flag.replace("_", "-"), type=kind, default=None)
+    g.add_argument("--model", default=DEMO_MODEL, help=f"registry name, hub id or folder (default {DEMO_MODEL})")
+    g.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16 (default auto)")
+    g.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    g.add_argument("--max-rows", type=int, default=64, help="engine: most live branches (default 64)")
+
+
+def _parse_value(text: str):
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
+
+
+def strategy_options(args: argparse.Namespace) -> dict:
+    """The strategy keyword options the user gave (JSON-able; recorded in results headers)."""
+    opts = {k: getattr(args, k) for k in STRATEGY_FLAGS if getattr(args, k) is not None}
+    for key in ("max_tokens", "triggers"):
+        if getattr(args, key) is not None:
+            opts[key] = getattr(args, key)
+    sampler = {k: getattr(args, k) for k in ("temperature", "top_k", "top_p", "min_p") if getattr(args, k) is not None}
+    if sampler:
+        opts["sampler"] = sampler
+    if args.instruction is not None:
+        opts["instruction"] = args.instruction
+    for item in args.opt:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--opt {item!r}: expected KEY=VALUE")
+        opts[key] = _parse_value(value)
+    opts["seed"] = args.seed
+    return opts
+
+
+def build_strategy(name: str, options: dict):
+    from decodesearch.engine import Sampler
+    from decodesearch.strategies import STRATEGIES, PromptFormat, make_strategy
+
+    kwargs = dict(options)
+    if "sampler" in kwargs:
+        kwargs["sampler"] = Sampler(**kwargs["sampler"])
+    if "instruction" in kwargs:
+        kwargs["prompt_format"] = PromptFormat(instruction=kwargs.pop("instruction") or None)
+    if name not in STRATEGIES:
+        return make_strategy(name)  # raises, listing the names
+    try:
+        return make_strategy(name, **kwargs)
+    except TypeError as exc:
+        raise ValueError(f"an option does not apply to strategy {name!r}: {exc}") from None
+
+
+def _compact_trace(result) -> str:
+    lines = []
+    for e in result.trace:
+        kind = e.get("event")
+        if kind == "trigger":
+            lines.append(f"  trigger  sample {e.get('sample', 0)} at {e['position']} tokens "
+                         f"({e.get('reason', 'forced')}); answer before: {e.get('answer_before')}")
+        elif kind == "answer":
+            lines.append(f"  answer   sample {e.get('sample', 0)}: {e.get('answer')} ({e.get('tokens', '?')} tokens)")
+        elif kind in ("fork", "choose", "commit", "rewind", "score"):
+            rest = ", ".join(f"{k}={v}" for k, v in e.items() if k != "event" and not isinstance(v, (list, dict)))
+            lines.append(f"  {kind:<8} {rest}")
+    return "\n".join(lines)
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from decodesearch.engine import Engine
+    from decodesearch.models import load_model
+
+    strategy = build_strategy(args.strategy, strategy_options(args))
+    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
+    engine = Engine(model, tokenizer, max_rows=args.max_rows)
+    for result in strategy.run(engine, args.prompts):
+        print(f"prompt: {result.prompt}")
+        print(f"answer: {result.answer}")
+        print(f"text:\n{result.text}")
+        print(f"trace ({result.strategy}, {result.tokens_generated} tokens generated, "
+              f"{result.tokens_forwarded} forwarded, {result.wall_s:.1f} s):")
+        print(_compact_trace(result))
+    return 0
+
+
+def _args_generate(parser: argparse.ArgumentParser) -> None:
+    _args_strategy(parser)
+    parser.add_argument("prompts", nargs="+", help="problem text(s)")
+
+
+# ------------------------------------------------------------------ bench, compare, plot
+
+
+def _args_bench(parser: argparse.ArgumentParser) -> None:
+    _args_strategy(parser)
+    parser.add_argument("--dataset", required=True, help="math500, aime24, aime25, arith, or a JSONL file")
+    parser.add_argument("--data-dir", default=None, help="folder with math500.jsonl / aime2024.jsonl (offline)")
+    parser.add_argument("--out", required=True, help="results JSONL (appended; a rerun resumes)")
+    parser.add_argument("--limit", type=int, default=None, help="first N problems only")
+    parser.add_argument("--plot", default=None, help="also draw accuracy vs mean tokens to this PNG")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def bench_config(args: argparse.Namespace) -> dict:
+    return {"model": args.model, "dataset": args.dataset, "strategy": args.strategy, "dtype": args.dtype,
+            "options": strategy_options(args), "limit": args.limit}
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from accelerate import PartialState
+
+    from decodesearch.bench.datasets import load_dataset
+    from decodesearch.bench.report import plot, print_summary
+    from decodesearch.bench.runner import merge, run_bench
+    from decodesearch.engine import Engine
+    from decodesearch.models import load_model
+
+    config = bench_config(args)
+    strategy = build_strategy(args.strategy, config["options"])
+    problems = load_dataset(args.dataset, data_dir=args.data_dir, limit=args.limit, seed=args.seed)
+    state = PartialState()
+    device = args.device if state.num_processes == 1 else str(state.device)
+    model, tokenizer = load_model(args.model, dtype=args.dtype, device=device)
+    engine = Engine(model, tokenizer, max_rows=args.max_rows)
+    run_bench(engine, strategy, problems, args.out, config, rank=state.process_index,
+              world_size=state.num_processes, progress=not args.quiet)
+    if state.num_processes > 1:
+        state.wait_for_everyone()
+        if state.is_main_process:
+            merge(args.out, config, state.num_processes, [p.id for p in problems])
+        state.wait_for_everyone()
+    if state.is_main_process:
+        print_summary(args.out)
+        if args.plot:
+            print(f"wrote {plot([args.out], args.plot)}")
+    return 0
+
+
+def _args_compare(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("a", help="results JSONL")
+    parser.add_argument("b", help="results JSONL")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from decodesearch.bench.report import compare, format_compare
+
+    print(format_compare(compare(args.a, args.b, seed=args.seed)))
+    return 0
+
+
+def _args_plot(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("runs", nargs="+", help="results JSONL files")
+    parser.add_argument("--out", required=True, help="PNG to write")
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from decodesearch.bench.report import plot
+
+    print(f"wrote {plot(args.runs, args.out)}")
+    return 0
+
+
+# ------------------------------------------------------------------ demo (`make run`)
+
+# IDS triggers after a quarter and after three quarters of the budget (b0 = budget/4, gamma = 2).
+DEMO_RUNS = (
+    ("sampling", lambda budget: {"n": 4}),
+    ("self_consistency", lambda budget: {"n": 4}),
+    ("ids", lambda budget: {"n": 4, "b0": max(1, budget // 4), "gamma": 2.0}),
+)
+
+
 def _args_demo(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=DEMO_MODEL, help=f"registry name, hub id or folder (default {DEMO_MODEL})")
-    parser.add_argument("--prompt", default=DEMO_PROMPT, help="user message, sent through the chat template")
-    parser.add_argument("--max-new-tokens", type=int, default=32, help="greedy tokens to generate (default 32)")
     parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16 (default auto)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    parser.add_argument("--problems", type=int, default=20, help="arith problems (default 20)")
+    parser.add_argument("--max-tokens", type=int, default=160, help="new-token budget per sample (default 160)")
+    parser.add_argument("--out-dir", default="runs/demo", help="results and plot folder (default runs/demo)")
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    import torch
+    """The main job on embedded defaults: sampling vs self-consistency vs IDS on `arith`."""
+    from pathlib import Path
 
+    from decodesearch.bench.datasets import load_dataset
+    from decodesearch.bench.report import format_summary, plot, summarize
+    from decodesearch.bench.runner import run_bench
+    from decodesearch.engine import Engine
     from decodesearch.models import load_model
 
     _print_registry()
-    print()
     t0 = time.perf_counter()
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
-    print(f"loaded {args.model} ({model.dtype}, {model.device}) in {time.perf_counter() - t0:.1f} s")
-    messages = [{"role": "user", "content": args.prompt}]
-    if getattr(tokenizer, "chat_template", None):
-        enc = tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
-        )
-    else:
-        enc = tokenizer(args.prompt, return_tensors="pt")
-    enc = {k: v.to(model.device) for k, v in enc.items()}
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        out = model.generate(**enc, max_new_tokens=args.max_new_tokens, do_sample=False)
-    new = out[0, enc["input_ids"].shape[1]:]
-    dt = time.perf_counter() - t0
-    print(f"prompt: {args.prompt}")
-    print(f"greedy completion ({len(new)} tokens, {dt:.1f} s):")
-    print(tokenizer.decode(new, skip_special_tokens=True))
+    print(f"\nloaded {args.model} ({model.dtype}, {model.device}) in {time.perf_counter() - t0:.1f} s")
+    engine = Engine(model, tokenizer)
+    problems = load_dataset("arith", limit=args.problems)
+    out_dir = Path(args.out_dir)
+    paths = []
+    for name, make_opts in DEMO_RUNS:
+        opts = make_opts(args.max_tokens)
+        options = {**opts, "max_tokens": args.max_tokens, "seed": 0}
+        out = out_dir / f"{name}.jsonl"
+        config = {"model": args.model, "dataset": "arith", "strategy": name, "dtype": args.dtype,
+                  "options": options, "limit": args.problems}
+        print(f"\n== {name} {opts} on {len(problems)} arith problems -> {out}", flush=True)
+        run_bench(engine, build_strategy(name, options), problems, str(out), config)
+        paths.append(out)
+    summaries = [summarize(p) for p in paths]
+    keys = ("accuracy", "mean_tokens_generated", "mean_tokens_forwarded", "wall_s")
+    print(f"\n{'strategy':<18}" + "".join(f"{k:>24}" for k in keys))
+    for s in summaries:
+        cells = "".join(f"{(s[k] if s[k] is not None else float('nan')):>24.3f}" for k in keys)
+        print(f"{s['strategy']:<18}{cells}")
+    print()
+    print(format_summary(summaries[-1]))
+    print(f"\nwrote {plot(paths, out_dir / 'scaling.png')}")
     return 0
 
 
@@ -108,7 +317,11 @@ class Subcommand:
 SUBCOMMANDS: list[Subcommand] = [
     Subcommand("models", _cmd_models, "list the offline model registry (installed, cached)"),
     Subcommand("version", _cmd_version, "print the version", _args_version),
-    Subcommand("demo", _cmd_demo, "list the registry and print a short greedy completion", _args_demo),
+    Subcommand("generate", _cmd_generate, "run a strategy on prompts; print answers and traces", _args_generate),
+    Subcommand("bench", _cmd_bench, "run a strategy over a dataset into a resumable results file", _args_bench),
+    Subcommand("compare", _cmd_compare, "two results files side by side, paired accuracy difference", _args_compare),
+    Subcommand("plot", _cmd_plot, "accuracy vs mean tokens per problem for results files", _args_plot),
+    Subcommand("demo", _cmd_demo, "the main job: sampling vs self-consistency vs IDS on arith", _args_demo),
 ]
 
 
@@ -133,10 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "_run", None) is None:
         parser.print_help()
         return 2
-    from decodesearch.models import ModelLoadError
-
     try:
         return args._run(args)
-    except ModelLoadError as exc:
+    except (ValueError, FileNotFoundError) as exc:
         print(f"decodesearch {args.command}: error: {exc}", file=sys.stderr)
         return 1

