@@ -1,0 +1,206 @@
+"""Benchmark the Triton kernels against plain torch on one CUDA GPU (issue 4).
+
+    python benchmarks/kernels.py
+
+kv_copy: a cache of 32 layers (K and V: 64 tensors), 8 KV heads, head_dim 128, 4096 columns, fp16;
+a fork copies one source row to n = 8 / 32 / 128 destination rows (all 4096 columns). Reported as
+GB/s (bytes read + written) for (a) the Triton kernel (one launch), (b) a per-layer torch
+index_select / index_copy_ loop, and (c) the device's copy bandwidth measured in the same run by
+one large torch tensor copy. Targets: kv_copy >= 80% of (c) and >= 5x (b).
+
+score: bf16 logits [B, 152064], 4 candidate ids per row, B = 1 / 64 / 256, vs torch
+log_softmax(float) + gather (and vs the full reference, which also computes the entropy).
+Target: >= 2x torch. Kernel timings skip the token-id range check (a host sync); the column
+``triton_checked_ms`` includes it.
+
+Prints a table and writes benchmarks/results/kernels.json. Without CUDA it says so and exits 0.
+Runs in well under a minute on an H100 (the fork of 128 rows needs about 65 GiB of GPU memory
+and is skipped, and recorded as skipped, where there is less).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+LAYERS, KV_HEADS, HEAD_DIM, COLS = 32, 8, 128, 4096
+FORKS = (8, 32, 128)
+VOCAB, BATCHES, CANDIDATES = 152064, (1, 64, 256), 4
+OUT = Path(__file__).resolve().parent / "results" / "kernels.json"
+
+
+def _time_ms(fn, warmup: int = 2, reps: int = 7) -> float:
+    """Median milliseconds of ``fn()`` measured with CUDA events."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def _copy_bandwidth(device) -> float:
+    """GB/s (read + write) of one large device-to-device tensor copy."""
+    n = 1 << 30  # 1 GiB each way
+    a = torch.empty(n, dtype=torch.uint8, device=device)
+    b = torch.empty_like(a)
+    ms = _time_ms(lambda: b.copy_(a), warmup=3, reps=10)
+    del a, b
+    torch.cuda.empty_cache()
+    return 2 * n / (ms * 1e-3) / 1e9
+
+
+def bench_kv_copy(device, copy_gbs: float) -> list[dict]:
+    from decodesearch.kernels.kv_kernels import kv_copy_triton
+
+    dtype = torch.float16
+    row_bytes = KV_HEADS * COLS * HEAD_DIM * torch.finfo(dtype).bits // 8  # per tensor
+    free, _ = torch.cuda.mem_get_info(device)
+    fits = [n for n in FORKS if (n + 1) * row_bytes * 2 * LAYERS + (n * row_bytes + (2 << 30)) < free]
+    results = [
+        {"fork_rows": n, "skipped": f"needs ~{((n + 1) * row_bytes * 2 * LAYERS) / 2**30:.0f} GiB of GPU memory"}
+        for n in FORKS
+        if n not in fits
+    ]
+    if not fits:
+        return results
+    rows = max(fits) + 1
+    ks = [torch.empty(rows, KV_HEADS, COLS, HEAD_DIM, dtype=dtype, device=device) for _ in range(LAYERS)]
+    vs = [torch.empty(rows, KV_HEADS, COLS, HEAD_DIM, dtype=dtype, device=device) for _ in range(LAYERS)]
+    ks[0][0].normal_()
+    for n in fits:
+        src, dst = [0] * n, list(range(1, n + 1))
+        src_t = torch.tensor(src, device=device)
+        dst_t = torch.tensor(dst, device=device)
+        moved = 2 * n * row_bytes * 2 * LAYERS  # read + write, all tensors
+
+        def triton_fork():
+            kv_copy_triton(ks, vs, src, dst, COLS)
+
+        def torch_loop():
+            for t in (*ks, *vs):
+                t.index_copy_(0, dst_t, t.index_select(0, src_t))
+
+        ms_tri = _time_ms(triton_fork)
+        assert torch.equal(ks[0][n], ks[0][0]), "kv_copy produced a wrong copy"
+        ms_loop = _time_ms(torch_loop, warmup=1, reps=3)
+        gbs_tri = moved / (ms_tri * 1e-3) / 1e9
+        gbs_loop = moved / (ms_loop * 1e-3) / 1e9
+        results.append(
+            {
+                "fork_rows": n,
+                "bytes_moved": moved,
+                "triton_ms": ms_tri,
+                "triton_gbs": gbs_tri,
+                "torch_loop_ms": ms_loop,
+                "torch_loop_gbs": gbs_loop,
+                "copy_gbs": copy_gbs,
+                "frac_of_copy_bw": gbs_tri / copy_gbs,
+                "speedup_vs_loop": ms_loop / ms_tri,
+            }
+        )
+    del ks, vs
+    torch.cuda.empty_cache()
+    return sorted(results, key=lambda r: r["fork_rows"])
+
+
+def bench_score(device) -> list[dict]:
+    from decodesearch.kernels.score_kernel import score_reference, score_triton
+
+    results = []
+    gen = torch.Generator(device=device).manual_seed(0)
+    for B in BATCHES:
+        logits = (torch.randn(B, VOCAB, device=device, generator=gen) * 4).to(torch.bfloat16)
+        ids = torch.randint(0, VOCAB, (B, CANDIDATES), device=device, generator=gen)
+        ref = score_reference(logits, ids)
+        got = score_triton(logits, ids)
+        for a, b, tol in zip(ref, got, (1e-4, 1e-4, 1e-3)):
+            torch.testing.assert_close(b, a, atol=tol, rtol=1e-4)
+
+        def lsm_gather():
+            return torch.log_softmax(logits.float(), dim=-1).gather(1, ids)
+
+        ms_tri = _time_ms(lambda: score_triton(logits, ids, check_ids=False), warmup=3, reps=20)
+        ms_tri_checked = _time_ms(lambda: score_triton(logits, ids), warmup=3, reps=20)
+        ms_lsm = _time_ms(lsm_gather, warmup=3, reps=20)
+        ms_ref = _time_ms(lambda: score_reference(logits, ids), warmup=3, reps=20)
+        results.append(
+            {
+                "batch": B,
+                "vocab": VOCAB,
+                "candidates": CANDIDATES,
+                "dtype": "bfloat16",
+                "triton_ms": ms_tri,
+                "triton_checked_ms": ms_tri_checked,
+                "torch_lsm_gather_ms": ms_lsm,
+                "torch_reference_ms": ms_ref,
+                "triton_gbs": B * VOCAB * 2 / (ms_tri * 1e-3) / 1e9,
+                "speedup_vs_lsm_gather": ms_lsm / ms_tri,
+                "speedup_vs_reference": ms_ref / ms_tri,
+            }
+        )
+    return results
+
+
+def main() -> int:
+    if not torch.cuda.is_available():
+        print("benchmarks/kernels.py needs a CUDA GPU and none is available; nothing was run.")
+        return 0
+    os.environ.pop("TRITON_INTERPRET", None)
+    device = torch.device("cuda")
+    t0 = time.time()
+    copy_gbs = _copy_bandwidth(device)
+    kv = bench_kv_copy(device, copy_gbs)
+    sc = bench_score(device)
+    report = {
+        "device": torch.cuda.get_device_name(device),
+        "torch": torch.__version__,
+        "triton": __import__("triton").__version__,
+        "copy_bandwidth_gbs": copy_gbs,
+        "kv_copy": {
+            "layers": LAYERS, "kv_heads": KV_HEADS, "head_dim": HEAD_DIM, "cols": COLS, "dtype": "float16",
+            "pattern": "one source row forked to n destination rows, all columns",
+            "results": kv,
+        },
+        "score": sc,
+        "seconds": time.time() - t0,
+    }
+
+    print(f"device: {report['device']}   torch copy bandwidth: {copy_gbs:.0f} GB/s")
+    print(f"\nkv_copy ({LAYERS} layers x K,V; {KV_HEADS} heads; head_dim {HEAD_DIM}; {COLS} cols; fp16; one row forked to n)")
+    print(f"{'fork':>6} {'triton ms':>10} {'GB/s':>8} {'%copy':>7} {'loop ms':>9} {'loop GB/s':>10} {'x loop':>7}")
+    for r in kv:
+        if "skipped" in r:
+            print(f"{r['fork_rows']:>6}  skipped: {r['skipped']}")
+            continue
+        print(
+            f"{r['fork_rows']:>6} {r['triton_ms']:>10.3f} {r['triton_gbs']:>8.0f} {100 * r['frac_of_copy_bw']:>6.0f}% "
+            f"{r['torch_loop_ms']:>9.3f} {r['torch_loop_gbs']:>10.0f} {r['speedup_vs_loop']:>7.2f}"
+        )
+    print(f"\nscore (bf16 logits, vocab {VOCAB}, {CANDIDATES} candidates per row)")
+    print(f"{'batch':>6} {'triton ms':>10} {'+check ms':>10} {'lsm+gather ms':>14} {'reference ms':>13} {'x lsm':>7} {'x ref':>7}")
+    for r in sc:
+        print(
+            f"{r['batch']:>6} {r['triton_ms']:>10.4f} {r['triton_checked_ms']:>10.4f} {r['torch_lsm_gather_ms']:>14.4f} "
+            f"{r['torch_reference_ms']:>13.4f} {r['speedup_vs_lsm_gather']:>7.2f} {r['speedup_vs_reference']:>7.2f}"
+        )
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nwrote {OUT} ({report['seconds']:.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
