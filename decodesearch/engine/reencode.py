@@ -17,7 +17,22 @@ from decodesearch.engine.engine import Branch, Engine, derive_seed
 
 
 class ReencodeEngine(Engine):
-    """Same operations and stats as `Engine`; no KV sharing between branches, no batching."""
+    """Same operations and stats as `Engine`; no KV sharing between branches, no batching.
+
+    With `miss_on_extend=True` an `extend` is a cache miss too: the loop that calls
+    `model.generate` afresh on the whole text for every segment.
+    """
+
+    def __init__(self, model, tokenizer, *, miss_on_extend: bool = False, **kwargs):
+        super().__init__(model, tokenizer, **kwargs)
+        self.miss_on_extend = miss_on_extend
+
+    @torch.no_grad()
+    def extend(self, branches, ids_per_branch) -> None:
+        super().extend(branches, ids_per_branch)
+        if self.miss_on_extend:
+            for b in branches:
+                b._reencode_cache = None
 
     @torch.no_grad()
     def fork(self, branch: Branch, n: int) -> list[Branch]:
