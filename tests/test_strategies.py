@@ -133,3 +133,32 @@ def test_bad_input():
         make_strategy("beam")
     with pytest.raises(ValueError, match="min_thinking_tokens="):
         BudgetForcing(min_thinking_tokens=10, max_thinking_tokens=5)
+
+
+@pytest.mark.parametrize("name,opts", [
+    ("greedy", {}),
+    ("sampling", {"n": 2}),
+    ("best_of_n", {"n": 2}),
+    ("self_consistency", {"n": 3}),
+    ("budget_forcing", {"max_thinking_tokens": 24, "max_answer_tokens": 8}),
+    ("ids", {"n": 2, "b0": 8}),
+])
+def test_smollm2_end_to_end(smollm2, name, opts):
+    model, tok = smollm2
+    engine = Engine(model, tok)
+    strategy = make_strategy(name, max_tokens=24, seed=0, **opts) if name != "budget_forcing" \
+        else make_strategy(name, seed=0, **opts)
+    prompt = "What is 12 + 30?"
+    res = strategy.run(engine, [prompt])[0]
+    assert res.strategy == name and res.text.strip() and res.wall_s > 0
+    assert res.text == tok.decode(res.token_ids, skip_special_tokens=True)
+    prompt_len = len(strategy.prompt_format.encode(tok, prompt))
+    new_tokens = sum(len(s.token_ids) for s in res.samples)
+    if name == "budget_forcing":  # a rewound end-of-thinking string was forwarded once, then dropped
+        assert res.tokens_forwarded >= prompt_len + new_tokens
+        assert "Wait" in res.text or res.samples[0].tokens_generated >= 24
+    else:
+        assert res.tokens_forwarded == prompt_len + new_tokens  # one prefill; every other token once
+    if name == "ids":
+        assert [e["position"] for e in res.trace if e["event"] == "trigger" and e["sample"] == 0][:1] in ([], [8])
+    assert engine.live_branches == []

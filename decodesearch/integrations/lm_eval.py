@@ -1,0 +1,383 @@
+"""lm-evaluation-harness model `decodesearch`: HFLM whose `generate_until` runs a decodesearch strategy.
+
+Importing this module registers the model in lm-eval's model registry under `decodesearch`.
+lm-eval 0.4.x has no plug-in discovery (no entry-point group is scanned), so its own `lm_eval`
+command does not know the name; run lm-eval's CLI through this module instead, which registers the
+model and then hands every argument to lm-eval unchanged:
+
+    python -m decodesearch.integrations.lm_eval --model decodesearch \\
+        --model_args pretrained=smollm2-135m-instruct,strategy=ids,n=4,b0=64 \\
+        --tasks gsm8k --limit 20 --device cpu
+
+    python -m decodesearch.integrations.lm_eval ls tasks      # any lm-eval subcommand works
+
+From Python, import this module and use `lm_eval.simple_evaluate(model="decodesearch",
+model_args=...)`, or build `DecodeSearchLM(...)` and pass the instance.
+
+Model args (strings from `--model_args`, typed from the strategy constructor's defaults):
+- `pretrained`: a decodesearch registry name, a local folder or a hub id, loaded with
+  `decodesearch.models.load_model(pretrained, dtype=dtype, device=device)` (`dtype`, `device`:
+  "auto" by default); or, from Python, an already-loaded model (then pass `tokenizer` too).
+- `strategy`: a name in `decodesearch.strategies.STRATEGIES` (default `greedy`), and its options by
+  name, e.g. `n=4`, `gamma=1.5`, `policy=force`, `seed=0`. A list option takes `|`-separated
+  values (`triggers=\\n\\nWait.|\\n\\nHmm.`); `\\n` and `\\t` in string options are unescaped
+  (lm-eval splits model_args on commas, so values cannot contain one).
+- `temperature`, `top_k`, `top_p`, `min_p`: the strategy's sampler (default: the strategy's own).
+  The task's `do_sample`/`temperature`/... generation kwargs are ignored (logged once): the
+  strategy decides how to sample, a task's greedy settings would make every sample identical.
+- `max_rows`, `max_kv_bytes`: the engine's bounds (one `Engine` per model instance, reused).
+- `max_gen_toks`: the new-token budget for requests whose task sets none (default 256).
+- HFLM options that still apply to a loaded model (`batch_size`, `max_length`, `add_bos_token`,
+  `think_end_token`, ...); loading options (`peft`, `parallelize`, `gguf_file`, ...) are refused.
+
+Per request: the context (already formatted by lm-eval, chat template included when asked) is
+encoded as HFLM encodes it for generation (`tok_batch_encode`, left-truncated to
+`max_length - max_gen_toks`), searched with `strategy.run_ids`, the task's `until` strings (plus
+EOS) stop decoding, the chosen sample's text is cut at the first stop string, and `max_gen_toks`
+is the strategy's `max_tokens`. Loglikelihood requests are HFLM's, unchanged. Single process only
+(the model is passed to HFLM already loaded, so no accelerate data parallelism).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import logging
+import sys
+from typing import Any
+
+from lm_eval.api.registry import register_model
+from lm_eval.models.huggingface import HFLM
+from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
+from tqdm import tqdm
+
+from decodesearch.engine import Engine, Stop
+from decodesearch.strategies import STRATEGIES, PromptFormat, SearchResult, Strategy
+
+logger = logging.getLogger(__name__)
+
+MODEL_NAME = "decodesearch"
+
+# Strategy constructor arguments the adapter sets itself, and where the user sets them instead.
+RESERVED = {
+    "max_tokens": "the task's max_gen_toks (override with --gen_kwargs max_gen_toks=N, or model arg max_gen_toks)",
+    "stop": "the task's `until`",
+    "prompt_format": "lm-eval (contexts arrive formatted; use --apply_chat_template)",
+    "progress": "lm-eval's progress bar",
+    "sampler": "the model args temperature, top_k, top_p, min_p",
+}
+SAMPLER_OPTIONS = {"temperature": "float", "top_k": "int", "top_p": "float", "min_p": "float"}
+# HFLM options that still mean something when HFLM receives an already-loaded model.
+HFLM_OPTIONS = {
+    "backend", "revision", "truncation", "logits_cache", "max_length", "softmax_dtype",
+    "mixed_precision_dtype", "batch_size", "max_batch_size", "trust_remote_code", "use_fast_tokenizer",
+    "add_bos_token", "prefix_token_id", "think_end_token", "enable_thinking", "chat_template_args",
+}
+_SCALARS = {bool: "bool", int: "int", float: "float", str: "str"}
+
+
+# ------------------------------------------------------------------------------ option parsing
+
+
+def _kind_of(param: inspect.Parameter) -> str | None:
+    """The model_args type of a constructor parameter: bool/int/float/str, `list[...]`/`tuple[...]`
+    of those, or None when it cannot be given as a string (callables, objects)."""
+    default = param.default
+    if type(default) in _SCALARS:
+        return _SCALARS[type(default)]
+    if isinstance(default, (list, tuple)):
+        inner = {_SCALARS.get(type(x)) for x in default}
+        if None in inner:
+            return None
+        elem = "float" if inner == {"int", "float"} else inner.pop() if len(inner) == 1 else "str"
+        return f"{'tuple' if isinstance(default, tuple) else 'list'}[{elem}]"
+    if default is None or default is inspect.Parameter.empty:
+        ann = param.annotation if isinstance(param.annotation, str) else getattr(param.annotation, "__name__", "")
+        parts = {p.strip() for p in str(ann).replace("Optional[", "").rstrip("]").split("|")} - {"None", ""}
+        if len(parts) == 1 and (only := parts.pop()) in _SCALARS.values():
+            return only
+    return None
+
+
+def strategy_options(cls: type[Strategy]) -> dict[str, str | None]:
+    """Constructor options of strategy class `cls` (its own and its bases', nearest wins) mapped to
+    their model_args type (see `_kind_of`; None = not settable from a string)."""
+    out: dict[str, str | None] = {}
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None or klass is object:
+            continue
+        for name, p in inspect.signature(init).parameters.items():
+            if name == "self" or p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL) or name in out:
+                continue
+            out[name] = _kind_of(p)
+    return out
+
+
+def _unescape(text: str) -> str:
+    return text.replace("\\n", "\n").replace("\\t", "\t")
+
+
+def convert_option(name: str, value: Any, kind: str) -> Any:
+    """`value` (a string from model_args, or already typed by lm-eval's parser) as type `kind`.
+    Raises ValueError naming the option."""
+    if value is None:
+        return None
+    if kind.endswith("]"):
+        container, elem = kind[:-1].split("[")
+        if isinstance(value, str):
+            items = [v for v in value.split("|") if v != ""]
+        elif isinstance(value, (list, tuple)):
+            items = list(value)
+        else:
+            items = [value]
+        converted = [convert_option(name, v, elem) for v in items]
+        return tuple(converted) if container == "tuple" else converted
+    try:
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("true", "1", "yes"):
+                return True
+            if text in ("false", "0", "no"):
+                return False
+            raise ValueError
+        if kind == "int":
+            if isinstance(value, bool):
+                raise ValueError
+            if isinstance(value, float):
+                if not value.is_integer():
+                    raise ValueError
+                return int(value)
+            return int(value) if isinstance(value, int) else int(str(value).strip())
+        if kind == "float":
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if kind == "str":
+            return _unescape(value) if isinstance(value, str) else str(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"model arg {name}={value!r}: expected {'an' if kind == 'int' else 'a'} {kind}") from None
+    raise ValueError(f"model arg {name}: unsupported type {kind}")
+
+
+def _parse_bytes(value) -> int | None:
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"model arg max_kv_bytes={value!r}: expected a number of bytes (e.g. 4e9)") from None
+    if isinstance(value, bool) or number <= 0 or not number.is_integer():
+        raise ValueError(f"model arg max_kv_bytes={value!r}: expected a positive whole number of bytes")
+    return int(number)
+
+
+@dataclasses.dataclass
+class _Split:
+    strategy: dict[str, Any]
+    sampler: dict[str, Any]
+    hflm: dict[str, Any]
+
+
+def split_model_args(strategy: str, kwargs: dict[str, Any]) -> _Split:
+    """Sort the remaining model args into strategy options, sampler options and HFLM options,
+    converting types. Raises ValueError for an unknown strategy or an unknown/unsettable option."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(sorted(STRATEGIES))}")
+    options = strategy_options(STRATEGIES[strategy])
+    hflm_all = set(inspect.signature(HFLM.__init__).parameters) - {"self", "kwargs"}
+    split = _Split({}, {}, {})
+    for name, value in kwargs.items():
+        if name in RESERVED:
+            raise ValueError(f"model arg {name!r} is not accepted: it is set by {RESERVED[name]}")
+        if name in options:
+            kind = options[name]
+            if kind is None:
+                raise ValueError(f"strategy option {name!r} cannot be given in model_args (not a string, "
+                                 f"number or list); build DecodeSearchLM from Python for it")
+            split.strategy[name] = convert_option(name, value, kind)
+        elif name in SAMPLER_OPTIONS:
+            split.sampler[name] = convert_option(name, value, SAMPLER_OPTIONS[name])
+        elif name in HFLM_OPTIONS:
+            split.hflm[name] = value
+        elif name in hflm_all:
+            raise ValueError(f"model arg {name!r} is not supported by the {MODEL_NAME!r} model: it loads the "
+                             f"model itself with decodesearch.models.load_model")
+        else:
+            settable = sorted(k for k, v in options.items() if v is not None and k not in RESERVED)
+            raise ValueError(
+                f"unknown model arg {name!r} for strategy {strategy!r}; its options: {', '.join(settable)}; "
+                f"sampler: {', '.join(SAMPLER_OPTIONS)}; model/engine: pretrained, tokenizer, dtype, device, "
+                f"max_rows, max_kv_bytes, max_gen_toks; "
+                f"HFLM: {', '.join(sorted(HFLM_OPTIONS))}"
+            )
+    return split
+
+
+# ------------------------------------------------------------------------------ the model
+
+
+class DecodeSearchLM(HFLM):
+    """HFLM whose generation goes through a decodesearch strategy (see the module docstring).
+
+    Attributes after construction: `engine` (one `Engine`, reused by every request),
+    `strategy_name`, `strategy_kwargs` (converted options, sampler included), `requests_done`,
+    `tokens_generated` and `tokens_forwarded` (sums over generate_until requests), and
+    `last_result` (the `SearchResult` of the latest request, with its trace).
+    """
+
+    def __init__(
+        self,
+        pretrained,
+        strategy: str = "greedy",
+        max_rows: int = 64,
+        max_kv_bytes: int | None = None,
+        max_gen_toks: int = 256,
+        tokenizer=None,
+        dtype: str = "auto",
+        device: str | None = None,
+        **kwargs,
+    ):
+        strategy = str(strategy).strip()
+        split = split_model_args(strategy, kwargs)
+        max_rows = convert_option("max_rows", max_rows, "int")
+        max_gen_toks = convert_option("max_gen_toks", max_gen_toks, "int")
+        if max_rows is None or max_rows < 1 or max_gen_toks is None or max_gen_toks < 1:
+            raise ValueError(f"max_rows={max_rows!r} and max_gen_toks={max_gen_toks!r} must be ints >= 1")
+        max_kv_bytes = _parse_bytes(max_kv_bytes)
+
+        self.strategy_name = strategy
+        self.strategy_kwargs = dict(split.strategy)
+        self.strategy_kwargs["prompt_format"] = PromptFormat(instruction=None, chat=False)
+        probe = self._build_strategy(self.strategy_kwargs)  # validates the options before loading
+        if split.sampler:
+            try:
+                self.strategy_kwargs["sampler"] = dataclasses.replace(probe.sampler, **split.sampler)
+            except ValueError as exc:
+                raise ValueError(f"model args {split.sampler}: {exc}") from None
+
+        if isinstance(pretrained, str):
+            from decodesearch.models import load_model
+
+            model, loaded_tok = load_model(pretrained, dtype=dtype or "auto", device=device or "auto")
+            tokenizer = loaded_tok if tokenizer is None else tokenizer
+            name = pretrained
+        else:
+            if tokenizer is None:
+                raise ValueError("an already-loaded `pretrained` model needs `tokenizer` too")
+            model = pretrained
+            name = getattr(model.config, "_name_or_path", "") or type(model).__name__
+        super().__init__(pretrained=model, tokenizer=tokenizer, **split.hflm)
+        self.pretrained = name  # a string, for lm-eval's results config
+        self._max_gen_toks = max_gen_toks
+        self.engine = Engine(self.model, self.tokenizer, max_rows=max_rows, max_kv_bytes=max_kv_bytes)
+        self._strategies: dict[tuple[int, tuple[str, ...]], Strategy] = {}
+        self._ignored_warned: set[str] = set()
+        self.requests_done = 0
+        self.tokens_generated = 0
+        self.tokens_forwarded = 0
+        self.last_result: SearchResult | None = None
+
+    def _build_strategy(self, kwargs: dict[str, Any]) -> Strategy:
+        try:
+            return STRATEGIES[self.strategy_name](**kwargs)
+        except TypeError as exc:  # an option a subclass fixes itself (e.g. n for greedy)
+            raise ValueError(f"strategy {self.strategy_name!r} rejects its options: {exc}") from None
+
+    @property
+    def max_gen_toks(self) -> int:
+        return self._max_gen_toks
+
+    def strategy_for(self, max_gen_toks: int, until: list[str]) -> Strategy:
+        """The strategy used for requests with this budget and these stop strings (cached)."""
+        strings = tuple(dict.fromkeys(s for s in until if s))
+        key = (max_gen_toks, strings)
+        if key not in self._strategies:
+            self._strategies[key] = self._build_strategy(
+                {**self.strategy_kwargs, "max_tokens": max_gen_toks, "stop": Stop(strings=strings)}
+            )
+        return self._strategies[key]
+
+    def _warn_ignored(self, kwargs: dict[str, Any]) -> None:
+        names = sorted(set(kwargs) - self._ignored_warned)
+        if names:
+            self._ignored_warned.update(names)
+            logger.warning("decodesearch: task generation kwargs %s are ignored; the strategy %r decides "
+                           "how to sample (set temperature/top_k/top_p/min_p in model_args)",
+                           {k: kwargs[k] for k in names}, self.strategy_name)
+
+    def generate_one(self, context: str, until: list[str], max_gen_toks: int) -> str:
+        """Search from `context`; the chosen sample's text cut at the first of `until`."""
+        max_ctx = self.max_length - max_gen_toks
+        if max_ctx <= 0:
+            raise ValueError(f"max_gen_toks={max_gen_toks} leaves no room for the context "
+                             f"(max_length={self.max_length})")
+        enc, _ = self.tok_batch_encode([context], left_truncate_len=max_ctx, truncation=self.truncation)
+        ids = enc[0].tolist() or [self.prefix_token_id]
+        result = self.strategy_for(max_gen_toks, until).run_ids(self.engine, ids, context)
+        self.last_result = result
+        self.requests_done += 1
+        self.tokens_generated += result.tokens_generated
+        self.tokens_forwarded += result.tokens_forwarded
+        think = self.think_end_token
+        if isinstance(think, int):
+            toks = list(result.token_ids)
+            cut = max((i for i, t in enumerate(toks) if t == think), default=None)
+            text = result.text if cut is None else self.tok_decode(toks[cut + 1 :]).lstrip()
+        else:
+            text = result.text
+        return postprocess_generated_text(text, until, think if isinstance(think, str) else None)
+
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        """One strategy search per request, in the given order; returns the texts in that order."""
+        eot = self.eot_token_id
+        eos = None if eot is None else self.tok_decode(eot, skip_special_tokens=False)
+        out = []
+        for req in tqdm(requests, disable=disable_tqdm or self.rank != 0, desc=f"decodesearch {self.strategy_name}"):
+            context, gen_kwargs = req.args
+            kwargs = dict(normalize_gen_kwargs(gen_kwargs, self.max_gen_toks))
+            until = handle_stop_sequences(kwargs.pop("until", None), eos=eos)
+            max_gen_toks = kwargs.pop("max_gen_toks")
+            self._warn_ignored(kwargs)
+            text = self.generate_one(context, until, max_gen_toks)
+            self.cache_hook.add_partial("generate_until", (context, gen_kwargs), text)
+            out.append(text)
+        return out
+
+    def get_model_info(self) -> dict:
+        """What lm-eval records in results["config"]: model size/dtype and the strategy (no hub lookups)."""
+        shown = {k: v for k, v in self.strategy_kwargs.items() if k != "prompt_format"}
+        return {
+            "model_num_parameters": sum(p.numel() for p in self.model.parameters()),
+            "model_dtype": str(self.model.dtype),
+            "decodesearch_strategy": self.strategy_name,
+            "decodesearch_options": {k: repr(v) if k == "sampler" else v for k, v in shown.items()},
+        }
+
+
+def register() -> None:
+    """Register `DecodeSearchLM` in lm-eval's model registry as `decodesearch` (idempotent)."""
+    from lm_eval.api.registry import model_registry
+
+    if MODEL_NAME not in model_registry:
+        register_model(MODEL_NAME)(DecodeSearchLM)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """lm-eval's CLI (`lm-eval [run|ls|validate] ...`) with the `decodesearch` model registered."""
+    from lm_eval.__main__ import cli_evaluate
+
+    register()
+    sys.argv = ["lm-eval", *(sys.argv[1:] if argv is None else argv)]
+    cli_evaluate()
+
+
+if __name__ == "__main__":
+    # Run as a script this file is `__main__`; register the importable module's class, not this copy.
+    from decodesearch.integrations.lm_eval import main as _main
+
+    _main()
+else:
+    register()
