@@ -71,3 +71,23 @@ def smollm2():
     from decodesearch.models import load_model
 
     return load_model("smollm2-135m-instruct", dtype="float32", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(smollm2, tmp_path_factory):
+    """A folder holding a tiny random Llama with SmolLM2's vocabulary and SmolLM2's tokenizer,
+    for code paths that load a model by path (CLI, lm-eval, subprocesses)."""
+    _, tok = smollm2
+    cfg = LlamaConfig(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(8.0)  # well-separated greedy choices
+    path = tmp_path_factory.mktemp("tiny_llama")
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)

@@ -57,3 +57,23 @@ def test_sharded_ranks_and_merge(engine, tmp_path):
     # A rerun after the merge finds nothing left to do.
     for rank in (0, 1):
         assert run_bench(engine, strat, problems, str(out), config(), rank=rank, world_size=2, progress=False) == 0
+
+
+def test_accelerate_launch_two_cpu_processes(tiny_dir, tmp_path):
+    """`accelerate launch -m decodesearch bench` shards problems over 2 CPU processes; rank 0 merges."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "run.jsonl"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "-m", "decodesearch", "bench", "--model", tiny_dir, "--dataset", "arith", "--limit", "5",
+           "--strategy", "sampling", "--n", "2", "--max-tokens", "4", "--out", str(out), "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ids = [r["id"] for r in read_results(out)[1]]
+    assert ids == [p.id for p in load_dataset("arith", limit=5)]
+    assert not shard_path(out, 0).exists() and not shard_path(out, 1).exists()
+    assert "accuracy" in proc.stdout

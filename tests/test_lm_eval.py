@@ -9,12 +9,10 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 import pytest
 import torch
 
-lm_eval = pytest.importorskip("lm_eval")
-
+import lm_eval  # noqa: E402  (a dependency of the eval extra, installed by make)
 from lm_eval.api.instance import Instance  # noqa: E402
 from lm_eval.api.registry import get_model  # noqa: E402
 from lm_eval.tasks import TaskManager  # noqa: E402
-from transformers import AutoModelForCausalLM, LlamaConfig  # noqa: E402
 
 from decodesearch.engine import Engine, Stop  # noqa: E402
 from decodesearch.integrations import lm_eval as ds_lm_eval  # noqa: E402
@@ -24,25 +22,6 @@ from decodesearch.strategies import make_strategy  # noqa: E402
 TASK = "ds_arith"
 QUESTIONS = [("What is 2 + 3?", "5"), ("What is 7 * 6?", "42"), ("What is 9 - 4?", "5")]
 MAX_GEN = 6
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(smollm2, tmp_path_factory):
-    """A tiny random Llama with SmolLM2's vocabulary, saved with SmolLM2's tokenizer."""
-    _, tok = smollm2
-    cfg = LlamaConfig(
-        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-    )
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval()
-    with torch.no_grad():
-        model.lm_head.weight.mul_(8.0)  # well-separated greedy choices
-    path = tmp_path_factory.mktemp("tiny_llama")
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return str(path)
 
 
 @pytest.fixture(scope="module")

