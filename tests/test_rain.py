@@ -11,7 +11,7 @@ import torch
 from conftest import ByteTokenizer, tiny_model
 from decodesearch.engine import Engine, ReencodeEngine
 from decodesearch.scoring.embeddings import LMEmbedder, make_embedder, minilm_available
-from decodesearch.scoring.judge import CallableEvaluator, JudgeTemplate, SelfJudge, as_evaluator, judge_value
+from decodesearch.scoring.judge import CallableEvaluator, SelfJudge, as_evaluator, judge_value
 from decodesearch.strategies import STRATEGIES, make_strategy
 from decodesearch.strategies.rain import (
     RAIN, RainNode, RainSearch, backup, mix_root_priors, selection_score, similarity_update, token_set_length,

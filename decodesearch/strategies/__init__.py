@@ -3,22 +3,12 @@
 from decodesearch.strategies.base import PromptFormat, Sample, SearchResult, Strategy
 from decodesearch.strategies.budget_forcing import BudgetForcing
 from decodesearch.strategies.ids import IDS
+from decodesearch.strategies.rain import RAIN
 from decodesearch.strategies.sampling import BestOfN, Greedy, Sampling, SelfConsistency
 
 STRATEGIES: dict[str, type[Strategy]] = {
-    cls.name: cls for cls in (Greedy, Sampling, BestOfN, SelfConsistency, BudgetForcing, IDS)
+    cls.name: cls for cls in (Greedy, Sampling, BestOfN, SelfConsistency, BudgetForcing, IDS, RAIN)
 }
-
-
-def _register_rain() -> None:
-    try:
-        from decodesearch.strategies.rain import RAIN
-    except ImportError:  # rain.py not present in this build
-        return
-    STRATEGIES[RAIN.name] = RAIN
-
-
-_register_rain()
 
 
 def make_strategy(name: str, **kwargs) -> Strategy:
@@ -29,6 +19,6 @@ def make_strategy(name: str, **kwargs) -> Strategy:
 
 
 __all__ = [
-    "BestOfN", "BudgetForcing", "Greedy", "IDS", "PromptFormat", "Sample", "SearchResult", "STRATEGIES",
+    "BestOfN", "BudgetForcing", "Greedy", "IDS", "PromptFormat", "RAIN", "Sample", "SearchResult", "STRATEGIES",
     "SelfConsistency", "Sampling", "Strategy", "make_strategy",
 ]

@@ -1,0 +1,428 @@
+"""Self-evaluation: the searched model judges a text by answering a two-option question.
+
+`SelfJudge` fills a judge template (a few-shot block, a ``{text}`` slot, then the question with
+two options ``{first}`` / ``{second}``) and compares the next-token probabilities of the two option
+letters. As in RAIN (Li et al., "RAIN: Your Language Models Can Align Themselves without
+Finetuning", arXiv 2309.07124, §3), both option orders are asked, to cancel the model's letter bias:
+order 1 lists the good option first, order 2 second; ``a = 1`` if the good letter wins in order 1,
+``b = 1`` if it wins in order 2, and the score is ``v = 2·((a + b)/2 − 0.5) ∈ {−1, 0, 1}``
+(`judge_value`). With ``soft=True``, ``a``/``b`` are the good letter's probability renormalised over
+the two letters, so ``v ∈ [−1, 1]``.
+
+On an engine the few-shot block is prefilled ONCE (per engine) and every evaluation forks it. The
+branch of the last evaluated text is kept (``context_cache`` of them), and a new text forks the
+cached branch sharing the longest token prefix, rewinds what differs and forwards only the rest,
+so the shared conversation (prompt and committed response) is not re-encoded per evaluation. Both
+option orders go through the model in ONE batched forward. Scores are memoised by text (per engine).
+
+Any callable ``text -> score in [-1, 1]`` (a verifier, a reward model) can stand in for the judge:
+`as_evaluator` wraps it as a `CallableEvaluator`.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol, Sequence
+
+__all__ = [
+    "JudgeTemplate", "TEMPLATES", "HARMLESS", "TRUTHFUL", "MATH_STEP", "SelfJudge", "CallableEvaluator",
+    "Evaluator", "as_evaluator", "judge_value", "DEFAULT_CONTEXT_FORMAT",
+]
+
+DEFAULT_CONTEXT_FORMAT = "Human: {prompt}\n\nAssistant: {response}"
+
+
+def judge_value(a: float, b: float) -> float:
+    """RAIN's self-evaluation score from the two option orders: ``2·((a + b)/2 − 0.5)``.
+    ``a``/``b`` in [0, 1] (1 = the good option won in that order); result in [−1, 1]."""
+    return 2.0 * ((a + b) / 2.0 - 0.5)
+
+
+@dataclass(frozen=True)
+class JudgeTemplate:
+    """A judge prompt. `prompt` holds exactly one ``{text}`` slot and, after it, one ``{first}`` and
+    one ``{second}`` slot, filled with `good`/`bad` (order 1) or `bad`/`good` (order 2). The option
+    letters are written literally in `prompt` (``letters`` of `SelfJudge` must match them) and the
+    prompt must end where the letter is the next token. `context_format` (slots ``{prompt}`` and
+    ``{response}``) is how a search strategy turns its prompt and response into the judged text.
+    Only these slots are replaced, so braces elsewhere (LaTeX) are safe."""
+
+    name: str
+    prompt: str
+    good: str
+    bad: str
+    context_format: str = DEFAULT_CONTEXT_FORMAT
+
+
+def _shots(question: str, options: tuple[str, str], shots: Sequence[tuple[str, bool, bool]], intro: str) -> str:
+    """Build a few-shot judge prompt: each shot is (text, good_first, answer_is_A)."""
+    good, bad = options
+    parts = [intro.strip() + "\n"]
+    for text, good_first, answer_a in shots:
+        first, second = (good, bad) if good_first else (bad, good)
+        letter = "A" if answer_a else "B"
+        parts.append(f"\n{text}\n{question}\nOptions:\n(A) {first}\n(B) {second}\nAnswer: ({letter})\n")
+    parts.append(f"\n{{text}}\n{question}\nOptions:\n(A) {{first}}\n(B) {{second}}\nAnswer: (")
+    return "".join(parts)
+
+
+# Few-shot blocks written for this library (short on purpose: they are prefilled once per engine).
+HARMLESS = JudgeTemplate(
+    name="harmless",
+    prompt=_shots(
+        "Is the assistant's reply harmless or harmful?",
+        ("harmless", "harmful"),
+        [
+            ("Human: What is a good way to keep basil fresh?\n\nAssistant: Trim the stems and stand them in a "
+             "glass of water on the counter, like cut flowers.", True, True),
+            ("Human: How do I make my roommate sick without him noticing?\n\nAssistant: Mix a little bleach "
+             "into his drinks every day; the taste is easy to hide.", True, False),
+            ("Human: Tell me how to get into my neighbour's car.\n\nAssistant: I can't help with getting into "
+             "someone else's car. If you are locked out of your own, call a locksmith.", False, False),
+            ("Human: Write an insult about my coworker's accent.\n\nAssistant: Sure: he sounds like a broken "
+             "radio, and everyone laughs at him behind his back.", False, True),
+        ],
+        "Each conversation below ends with a reply from an AI assistant. A reply is harmful if it helps "
+        "with violence, crime, abuse, danger to someone's health, hate or harassment; otherwise it is harmless.",
+    ),
+    good="harmless",
+    bad="harmful",
+)
+
+TRUTHFUL = JudgeTemplate(
+    name="truthful",
+    prompt=_shots(
+        "Is the answer truthful?",
+        ("truthful", "false or misleading"),
+        [
+            ("Q: What happens if you swallow chewing gum?\nA: It passes through your digestive system "
+             "and leaves your body within a few days.", True, True),
+            ("Q: What is the capital of Australia?\nA: The capital of Australia is Sydney.", True, False),
+            ("Q: Can you see the Great Wall of China from the Moon with the naked eye?\nA: No, it is far "
+             "too narrow to be seen from that distance.", False, False),
+            ("Q: Do we only use ten percent of our brains?\nA: Yes, ninety percent of the brain is "
+             "unused.", False, True),
+        ],
+        "Each question below is followed by an answer. An answer is truthful if everything it states "
+        "is true; it is false or misleading if it states or implies something untrue.",
+    ),
+    good="truthful",
+    bad="false or misleading",
+    context_format="Q: {prompt}\nA: {response}",
+)
+
+MATH_STEP = JudgeTemplate(
+    name="math_step",
+    prompt=_shots(
+        "Is the last step of the solution so far correct?",
+        ("correct", "incorrect"),
+        [
+            ("Problem: Tom has 3 bags with 4 apples each. How many apples does he have?\nSolution so far: "
+             "Each bag has 4 apples and there are 3 bags, so 3 * 4 = 12.", True, True),
+            ("Problem: What is 15% of 80?\nSolution so far: 15% of 80 is 0.15 * 80 = 16.", True, False),
+            ("Problem: Solve 2x + 6 = 10.\nSolution so far: Subtract 6 from both sides: 2x = 16.", False, False),
+            ("Problem: A rectangle is 5 by 7. What is its area?\nSolution so far: The area is "
+             "length times width, 5 * 7 = 35.", False, True),
+        ],
+        "Each math problem below is followed by a partial solution. Judge only whether its last step "
+        "follows correctly from the problem and the steps before it.",
+    ),
+    good="correct",
+    bad="incorrect",
+    context_format="Problem: {prompt}\nSolution so far: {response}",
+)
+
+TEMPLATES: dict[str, JudgeTemplate] = {t.name: t for t in (HARMLESS, TRUTHFUL, MATH_STEP)}
+
+
+class Evaluator(Protocol):
+    """What a search strategy calls: one score in [−1, 1] per text, `engine` being the search's."""
+
+    context_format: str
+
+    def evaluate(self, engine, texts: Sequence[str]) -> list[float]: ...
+
+
+def _check_score(value: Any, text: str) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"evaluator returned {value!r} for {text[:60]!r}; accepted: a number in [-1, 1]") from None
+    if not math.isfinite(v) or not -1.0 <= v <= 1.0:
+        raise ValueError(f"evaluator returned {v!r} for {text[:60]!r}; accepted: a number in [-1, 1]")
+    return v
+
+
+class CallableEvaluator:
+    """Wraps ``fn(text) -> score in [-1, 1]``; memoised by text; out-of-range scores raise ValueError."""
+
+    def __init__(self, fn: Callable[[str], float], context_format: str = DEFAULT_CONTEXT_FORMAT):
+        if not callable(fn):
+            raise ValueError(f"evaluator {fn!r} is not callable; accepted: a callable text -> score in [-1, 1]")
+        self.fn = fn
+        self.context_format = context_format
+        self._memo: dict[str, float] = {}
+        self.evaluations = 0
+        self.cache_hits = 0
+
+    def evaluate(self, engine, texts: Sequence[str]) -> list[float]:
+        out = []
+        for t in texts:
+            if t in self._memo:
+                self.cache_hits += 1
+            else:
+                self._memo[t] = _check_score(self.fn(t), t)
+                self.evaluations += 1
+            out.append(self._memo[t])
+        return out
+
+    def stats(self) -> dict:
+        return {"evaluations": self.evaluations, "cache_hits": self.cache_hits}
+
+
+@dataclass
+class _EngineState:
+    prefix: Any  # Branch over the few-shot block
+    contexts: list = field(default_factory=list)  # [(text_ids tuple, Branch)], most recent last
+    memo: dict = field(default_factory=dict)
+    tokenizer_checked: bool = False
+
+
+class SelfJudge:
+    """A/B self-judge on the search engine's own model (see the module docstring).
+
+    `template`: a built-in name (``"harmless"``, ``"truthful"``, ``"math_step"``), a `JudgeTemplate`,
+    or a prompt string (then `good` and `bad` are required). `letters`: the two option letters as
+    written in the template; each must be ONE token of the tokenizer (checked against `tokenizer`
+    when given, else on first use). `context_cache`: how many evaluated-text branches to keep for
+    prefix reuse (0 = always fork the few-shot prefix). `max_text_tokens`: texts longer than this are
+    cut from the left (default: whatever the model's context leaves).
+    """
+
+    def __init__(
+        self,
+        template: str | JudgeTemplate = "harmless",
+        *,
+        letters: tuple[str, str] = ("A", "B"),
+        good: str | None = None,
+        bad: str | None = None,
+        context_format: str | None = None,
+        soft: bool = False,
+        context_cache: int = 2,
+        tokenizer=None,
+    ):
+        if isinstance(template, str) and template in TEMPLATES:
+            template = TEMPLATES[template]
+        if isinstance(template, str):
+            if good is None or bad is None:
+                raise ValueError("a judge prompt string needs good= and bad= option texts")
+            template = JudgeTemplate(name="custom", prompt=template, good=good, bad=bad,
+                                     context_format=context_format or DEFAULT_CONTEXT_FORMAT)
+        if not isinstance(template, JudgeTemplate):
+            raise ValueError(f"template={template!r}; accepted: one of {sorted(TEMPLATES)}, "
+                             "a JudgeTemplate or a prompt string")
+        if good is not None or bad is not None or context_format is not None:
+            template = JudgeTemplate(template.name, template.prompt, good if good is not None else template.good,
+                                     bad if bad is not None else template.bad,
+                                     context_format if context_format is not None else template.context_format)
+        p = template.prompt
+        if p.count("{text}") != 1:
+            raise ValueError(f"judge template must contain exactly one {{text}} slot; found {p.count('{text}')}")
+        head, tail = p.split("{text}")
+        for slot in ("{first}", "{second}"):
+            if tail.count(slot) != 1 or slot in head:
+                raise ValueError(f"judge template must contain exactly one {slot} slot, after {{text}}")
+        pair = isinstance(letters, (tuple, list)) and len(letters) == 2
+        if not (pair and all(isinstance(x, str) and x for x in letters)):
+            raise ValueError(f"letters={letters!r}; accepted: two non-empty strings, e.g. ('A', 'B')")
+        if template.good == template.bad:
+            raise ValueError("the good and bad option texts must differ")
+        if letters[0] == letters[1]:
+            raise ValueError(f"letters={letters!r}: the two option letters must differ")
+        if "{prompt}" not in template.context_format and "{response}" not in template.context_format:
+            raise ValueError("context_format must contain a {response} slot (and usually {prompt})")
+        if not isinstance(context_cache, int) or context_cache < 0:
+            raise ValueError(f"context_cache={context_cache!r} is out of range; accepted: an int >= 0")
+        self.template = template
+        self.letters = tuple(letters)
+        self.soft = bool(soft)
+        self.context_cache = context_cache
+        self.context_format = template.context_format
+        self._head = head
+        self._suffixes = (
+            tail.replace("{first}", template.good).replace("{second}", template.bad),
+            tail.replace("{first}", template.bad).replace("{second}", template.good),
+        )
+        self._states: "weakref.WeakKeyDictionary[Any, _EngineState]" = weakref.WeakKeyDictionary()
+        self._letter_ids: dict[int, tuple[int, int]] = {}
+        self.evaluations = 0
+        self.cache_hits = 0
+        self.prefix_prefills = 0
+        self.rewinds = 0
+        # (P(A), P(B)) in order 1, then in order 2, for each text of the last batch scored.
+        self.last_probs: dict[str, tuple[float, float, float, float]] = {}
+        if tokenizer is not None:
+            self.letter_ids(tokenizer)
+
+    # ------------------------------------------------------------------ setup
+
+    def letter_ids(self, tokenizer) -> tuple[int, int]:
+        """Token ids of the two letters; ValueError unless each is exactly one token."""
+        key = id(tokenizer)
+        if key not in self._letter_ids:
+            ids = []
+            for letter in self.letters:
+                toks = list(tokenizer.encode(letter, add_special_tokens=False))
+                if len(toks) != 1:
+                    raise ValueError(
+                        f"option letter {letter!r} is {len(toks)} tokens for this tokenizer ({toks}); "
+                        "accepted: letters that are exactly one token each"
+                    )
+                ids.append(int(toks[0]))
+            if ids[0] == ids[1]:
+                raise ValueError(f"option letters {self.letters!r} map to the same token id {ids[0]}")
+            self._letter_ids[key] = (ids[0], ids[1])
+        return self._letter_ids[key]
+
+    def prepare(self, engine) -> bool:
+        """Prefill the few-shot prefix on `engine` unless it is already live there. Returns True if it
+        prefilled now (the caller then owns it and should `release(engine)` when done)."""
+        self.letter_ids(engine.tokenizer)
+        st = self._states.get(engine)
+        if st is not None and not st.prefix.released:
+            return False
+        ids = list(engine.tokenizer.encode(self._head, add_special_tokens=True))
+        if not ids:
+            bos = getattr(engine.tokenizer, "bos_token_id", None)
+            ids = [bos if bos is not None else min(engine.eos_ids or {0})]
+        prefix = engine.prefill(ids)
+        memo = st.memo if st is not None else {}
+        self._states[engine] = _EngineState(prefix=prefix, memo=memo)
+        self.prefix_prefills += 1
+        return True
+
+    def release(self, engine) -> None:
+        """Release this judge's branches (few-shot prefix and cached contexts) on `engine`."""
+        st = self._states.get(engine)
+        if st is None:
+            return
+        for _, b in st.contexts:
+            if not b.released:
+                engine.release(b)
+        st.contexts.clear()
+        if not st.prefix.released:
+            engine.release(st.prefix)
+
+    @property
+    def rows_needed(self) -> int:
+        """Engine rows an evaluation may hold at once beyond the prefix (cached contexts + 2)."""
+        return self.context_cache + 2
+
+    def bind(self, engine) -> Callable[[str], float]:
+        """``text -> score`` on `engine` (a plain callable view of this judge)."""
+        return lambda text: self.evaluate(engine, [text])[0]
+
+    # ------------------------------------------------------------------ evaluation
+
+    def evaluate(self, engine, texts: Sequence[str]) -> list[float]:
+        """One score in [−1, 1] per text; every not-yet-memoised text in one batch."""
+        texts = list(texts)
+        self.prepare(engine)
+        st = self._states[engine]
+        todo = [t for t in dict.fromkeys(texts) if t not in st.memo]
+        self.cache_hits += len(texts) - len(todo)
+        if todo:
+            for t, v in zip(todo, self._score(engine, st, todo)):
+                st.memo[t] = v
+            self.evaluations += len(todo)
+        return [st.memo[t] for t in texts]
+
+    def _score(self, engine, st: _EngineState, texts: list[str]) -> list[float]:
+        tok = engine.tokenizer
+        id_a, id_b = self.letter_ids(tok)
+        suffixes = [list(tok.encode(s, add_special_tokens=False)) for s in self._suffixes]
+        room = engine.max_context - st.prefix.length - max(map(len, suffixes)) - 1
+        if room < 1:
+            raise ValueError(f"the judge prompt ({st.prefix.length} tokens) leaves no room in the model's context")
+        st.contexts = [(ids, b) for ids, b in st.contexts if not b.released]
+        self.last_probs = {}
+        ctxs, pending = [], []
+        for text in texts:
+            ids = list(tok.encode(text, add_special_tokens=False))[-room:] or [id_a]
+            base, base_ids, lcp = st.prefix, (), 0
+            for c_ids, c_b in st.contexts:
+                n = _common_prefix(c_ids, ids)
+                if n > lcp:
+                    base, base_ids, lcp = c_b, c_ids, n
+            b = engine.fork(base, 1)[0]
+            drop = len(base_ids) - lcp
+            if drop:  # a rewound branch's next-token logits are valid without a forward
+                engine.rewind(b, drop)
+                self.rewinds += 1
+            ctxs.append((tuple(ids), b))
+            pending.append(ids[lcp:])
+        # The two suffixes share their opening (the question, up to the first option): it is forwarded
+        # once with the text. Then order 1 continues on the context branch and order 2 on a fork of
+        # it, both in ONE forward; the context branch is rewound to the text afterwards.
+        common = _common_prefix(suffixes[0], suffixes[1])
+        todo = [(b, x + suffixes[0][:common]) for (_, b), x in zip(ctxs, pending) if x or common]
+        if todo:
+            engine.extend([b for b, _ in todo], [x for _, x in todo])
+        seconds = [engine.fork(b, 1)[0] for _, b in ctxs]
+        rows = [b for _, b in ctxs] + seconds
+        engine.extend(rows, [suffixes[0][common:]] * len(ctxs) + [suffixes[1][common:]] * len(ctxs))
+        lp = engine.logprobs(rows, [id_a, id_b]).double()
+        for b in seconds:
+            engine.release(b)
+        for _, b in ctxs:
+            engine.rewind(b, len(suffixes[0]))
+            self.rewinds += 1
+        scores = []
+        n = len(ctxs)
+        for i, text in enumerate(texts):
+            pa1, pb1 = math.exp(lp[i, 0]), math.exp(lp[i, 1])
+            pa2, pb2 = math.exp(lp[n + i, 0]), math.exp(lp[n + i, 1])
+            self.last_probs[text] = (pa1, pb1, pa2, pb2)
+            if self.soft:
+                a = pa1 / (pa1 + pb1) if pa1 + pb1 > 0 else 0.5
+                b = pb2 / (pa2 + pb2) if pa2 + pb2 > 0 else 0.5
+            else:  # the good option is A in order 1 and B in order 2; a tie counts as a loss
+                a, b = float(pa1 > pb1), float(pb2 > pa2)
+            scores.append(judge_value(a, b))
+        # Keep the newest contexts for prefix reuse; release the rest.
+        st.contexts.extend(ctxs)
+        while len(st.contexts) > self.context_cache:
+            _, old = st.contexts.pop(0)
+            if not old.released:
+                engine.release(old)
+        return scores
+
+    def stats(self) -> dict:
+        return {"evaluations": self.evaluations, "cache_hits": self.cache_hits,
+                "prefix_prefills": self.prefix_prefills, "rewinds": self.rewinds}
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def as_evaluator(obj, context_format: str | None = None):
+    """A built-in template name / `JudgeTemplate` -> `SelfJudge`; an object with ``evaluate`` as is;
+    a callable ``text -> score`` -> `CallableEvaluator`. Anything else: ValueError."""
+    if isinstance(obj, (str, JudgeTemplate)):
+        if isinstance(obj, str) and obj not in TEMPLATES:
+            raise ValueError(f"evaluator={obj!r} is not a built-in judge; accepted: {sorted(TEMPLATES)}, "
+                             "a JudgeTemplate, a SelfJudge, or a callable text -> score in [-1, 1]")
+        return SelfJudge(obj, context_format=context_format)
+    if hasattr(obj, "evaluate"):
+        return obj
+    if callable(obj):
+        return CallableEvaluator(obj, context_format or DEFAULT_CONTEXT_FORMAT)
+    raise ValueError(f"evaluator={obj!r}; accepted: {sorted(TEMPLATES)}, a JudgeTemplate, a SelfJudge, "
+                     "or a callable text -> score in [-1, 1]")
