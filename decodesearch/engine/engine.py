@@ -186,26 +186,29 @@ class Engine:
         if not isinstance(n, int) or n < 1:
             raise ValueError(f"n={n!r} is out of range; accepted: an int >= 1")
         rows = self._alloc_rows(n)
-        src = branch.row
-        ncols = branch._end
-        self.store.copy_rows([src] * n, rows, ncols)
-        idx = torch.tensor(rows, device=self._in_device)
-        self.valid[idx] = self.valid[src].clone()
-        hidx = idx.to(self._out_device)
-        self.hidden[hidx, :ncols] = self.hidden[src, :ncols].clone()
         children = []
         for row in rows:
             child = Branch(self, row, list(branch.tokens), branch.start, derive_seed(branch.seed, branch._forks))
             child.token_logprobs = list(branch.token_logprobs)
             branch._forks += 1
-            child._cols = list(branch._cols)
-            child._end = ncols
             self._rows[row] = child
             children.append(child)
-        self.stats.rows_copied += n
-        self.stats.bytes_copied += n * ncols * self.cell_bytes
+        self._copy_state(branch, children)
         self._note_peaks()
         return children
+
+    def _copy_state(self, branch: Branch, children: list[Branch]) -> None:
+        """Give each child `branch`'s KV, final hidden states and validity (one kv_copy launch)."""
+        rows, src, ncols = [c.row for c in children], branch.row, branch._end
+        self.store.copy_rows([src] * len(rows), rows, ncols)
+        idx = torch.tensor(rows, device=self._in_device)
+        self.valid[idx] = self.valid[src].clone()
+        self.hidden[idx.to(self._out_device), :ncols] = self.hidden[src, :ncols].clone()
+        for child in children:
+            child._cols = list(branch._cols)
+            child._end = ncols
+        self.stats.rows_copied += len(rows)
+        self.stats.bytes_copied += len(rows) * ncols * self.cell_bytes
 
     @torch.no_grad()
     def extend(self, branches: Sequence[Branch], ids_per_branch: Sequence[Sequence[int]]) -> None:
@@ -288,13 +291,17 @@ class Engine:
             raise ValueError(f"n={n!r} is out of range for this branch; accepted: 0..{limit} (tokens after its prompt)")
         if n == 0:
             return
-        dropped = branch._cols[-n:]
-        del branch._cols[-n:]
         del branch.tokens[-n:]
         del branch.token_logprobs[-n:]
+        branch.stop_reason = None
+        self._drop_columns(branch, n)
+
+    def _drop_columns(self, branch: Branch, n: int) -> None:
+        """Mask the store columns of `branch`'s last `n` tokens."""
+        dropped = branch._cols[-n:]
+        del branch._cols[-n:]
         self.valid[branch.row, torch.tensor(dropped, device=self._in_device)] = False
         branch._end = branch._cols[-1] + 1
-        branch.stop_reason = None
 
     @torch.no_grad()
     def logits(self, branches: Sequence[Branch]) -> torch.Tensor:

@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 from transformers import DynamicCache
 
-from decodesearch.engine.engine import Branch, Engine, derive_seed
+from decodesearch.engine.engine import Branch, Engine
 
 
 class ReencodeEngine(Engine):
@@ -34,32 +34,11 @@ class ReencodeEngine(Engine):
             for b in branches:
                 b._reencode_cache = None
 
-    @torch.no_grad()
-    def fork(self, branch: Branch, n: int) -> list[Branch]:
-        self._check_live([branch])
-        if not isinstance(n, int) or n < 1:
-            raise ValueError(f"n={n!r} is out of range; accepted: an int >= 1")
-        children = []
-        for row in self._alloc_rows(n):
-            child = Branch(self, row, list(branch.tokens), branch.start, derive_seed(branch.seed, branch._forks))
-            child.token_logprobs = list(branch.token_logprobs)
-            branch._forks += 1
-            self._rows[row] = child
-            children.append(child)
-        self._note_peaks()
-        return children
+    def _copy_state(self, branch: Branch, children: list[Branch]) -> None:
+        pass  # a child starts with no cache: its first use re-encodes its whole sequence
 
-    @torch.no_grad()
-    def rewind(self, branch: Branch, n: int) -> None:
-        self._check_live([branch])
-        limit = branch.length - branch.start
-        if not isinstance(n, int) or not 0 <= n <= limit:
-            raise ValueError(f"n={n!r} is out of range for this branch; accepted: 0..{limit} (tokens after its prompt)")
-        if n:
-            del branch.tokens[-n:]
-            del branch.token_logprobs[-n:]
-            branch._reencode_cache = None  # a rewind is a cache miss
-            branch.stop_reason = None
+    def _drop_columns(self, branch: Branch, n: int) -> None:
+        branch._reencode_cache = None  # a rewind is a cache miss
 
     def _forward(self, branches, ids, logprobs=None) -> None:
         # Tokens are only recorded here; they are encoded lazily when logits are needed.
