@@ -10,6 +10,7 @@ OUT=benchmarks/results
 common=(--model qwen2.5-coder-0.5b-instruct --dtype bfloat16 --device cpu --dataset math500
         --data-dir "$DATA" --limit 30 --max-tokens 768 --seed 0)
 export OMP_NUM_THREADS=1
+export PATH="$PWD/.venv/bin:$PATH"
 ( decodesearch bench "${common[@]}" --strategy greedy --out $OUT/qwen_math500_greedy.jsonl
   decodesearch bench "${common[@]}" --strategy ids --n 4 --out $OUT/qwen_math500_ids4.jsonl ) &
 decodesearch bench "${common[@]}" --strategy sampling --n 4 --out $OUT/qwen_math500_sampling4.jsonl &

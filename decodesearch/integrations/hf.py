@@ -52,7 +52,8 @@ def hf(strategy: str | Strategy, tokenizer=None, engine_kwargs: dict | None = No
     prompt ids. Returns `sequences` `[B, prompt + new]` (each row's input followed by the chosen
     sample's tokens, right-padded with the pad id); with `return_dict_in_generate=True`, a
     `SearchGenerateOutput` whose `results` hold the traces. `tokenizer` may instead be passed to
-    `generate(tokenizer=...)`.
+    `generate(tokenizer=...)`. Lengths and sampling come from the strategy (its `max_tokens`,
+    `sampler`, `stop`); generate's own length and sampling settings are not used.
     """
     strat = _strategy(strategy, strategy_kwargs)
 
