@@ -71,7 +71,7 @@ def test_malformed_dataset_line_names_line_number(tmp_path, bad, message):
     p = write_jsonl(tmp_path / "bad.jsonl", [{"id": "q0", "problem": "a", "answer": "1"}, "", bad])
     with pytest.raises(ValueError) as e:
         load_dataset(p)
-    assert f"bad.jsonl:3:" in str(e.value) and message in str(e.value)
+    assert "bad.jsonl:3:" in str(e.value) and message in str(e.value)
 
 
 def test_named_datasets_from_data_dir_and_env(tmp_path, monkeypatch):

@@ -1,6 +1,5 @@
 """The benchmark runner: records, resume, config refusal, sharding and merge (in-process ranks)."""
 
-import json
 
 import pytest
 

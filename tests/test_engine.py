@@ -3,7 +3,6 @@
 import pytest
 import torch
 
-from conftest import ByteTokenizer, tiny_model
 from decodesearch.engine import CapacityError, Engine, Sampler, Stop
 
 

@@ -7,7 +7,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import pytest
-import torch
 
 import lm_eval  # noqa: E402  (a dependency of the eval extra, installed by make)
 from lm_eval.api.instance import Instance  # noqa: E402

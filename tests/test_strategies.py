@@ -7,7 +7,7 @@ from conftest import ByteTokenizer, tiny_model
 from decodesearch import generate, hf
 from decodesearch.engine import Engine, Sampler, Stop
 from decodesearch.strategies import (
-    IDS, BestOfN, BudgetForcing, Greedy, PromptFormat, Sample, Sampling, SelfConsistency, make_strategy,
+    IDS, BestOfN, BudgetForcing, PromptFormat, Sample, Sampling, SelfConsistency, make_strategy,
 )
 from decodesearch.strategies.ids import DEFAULT_TRIGGERS, segment_boundaries
 from decodesearch.strategies.sampling import vote
