@@ -275,7 +275,7 @@ def _args_demo(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16 (default auto)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     parser.add_argument("--problems", type=int, default=20, help="arith problems (default 20)")
-    parser.add_argument("--max-tokens", type=int, default=128, help="new-token budget per sample (default 128)")
+    parser.add_argument("--max-tokens", type=int, default=96, help="new-token budget per sample (default 96)")
     parser.add_argument("--out-dir", default="runs/demo", help="results and plot folder (default runs/demo)")
 
 
