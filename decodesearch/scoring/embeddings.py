@@ -117,11 +117,15 @@ class MiniLMEmbedder(_Memo):
         for i in range(0, len(texts), self.batch_size):
             enc = self.tokenizer(texts[i : i + self.batch_size], padding=True, truncation=True,
                                  max_length=_MINILM_MAX_TOKENS, return_tensors="pt")
-            hidden = self.model(**enc).last_hidden_state
-            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+            pooled = mean_pool(self.model(**enc).last_hidden_state, enc["attention_mask"])
             outs.append(torch.nn.functional.normalize(pooled, dim=-1))
         return torch.cat(outs)
+
+
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of `hidden` `[B, T, D]` over the positions where `mask` `[B, T]` is 1; `[B, D]`."""
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
 
 
 class LMEmbedder(_Memo):
@@ -152,8 +156,7 @@ class LMEmbedder(_Memo):
             mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids], device=self._device)
             # Right padding under a causal mask leaves the real tokens' states untouched.
             hidden = self.decoder(input_ids=input_ids, attention_mask=mask).last_hidden_state.float()
-            m = mask.unsqueeze(-1).to(hidden.dtype)
-            outs.append(((hidden * m).sum(1) / m.sum(1).clamp_min(1.0)).cpu())
+            outs.append(mean_pool(hidden, mask).cpu())
         return torch.cat(outs)
 
 
