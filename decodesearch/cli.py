@@ -248,18 +248,6 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
-def _args_lm_eval(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("lm_eval_args", nargs=argparse.REMAINDER,
-                        help="lm-eval's own arguments, e.g. --model decodesearch --model_args ... --tasks ...")
-
-
-def _cmd_lm_eval(args: argparse.Namespace) -> int:
-    from decodesearch.integrations.lm_eval import main as lm_eval_main
-
-    lm_eval_main(args.lm_eval_args)
-    return 0
-
-
 # ------------------------------------------------------------------ demo (`make run`)
 
 # IDS triggers after a quarter and after three quarters of the budget (b0 = budget/4, gamma = 2).
@@ -333,8 +321,6 @@ SUBCOMMANDS: list[Subcommand] = [
     Subcommand("bench", _cmd_bench, "run a strategy over a dataset into a resumable results file", _args_bench),
     Subcommand("compare", _cmd_compare, "two results files side by side, paired accuracy difference", _args_compare),
     Subcommand("plot", _cmd_plot, "accuracy vs mean tokens per problem for results files", _args_plot),
-    Subcommand("lm-eval", _cmd_lm_eval, "lm-evaluation-harness with the 'decodesearch' model registered",
-               _args_lm_eval),
     Subcommand("demo", _cmd_demo, "the main job: sampling vs self-consistency vs IDS on arith", _args_demo),
 ]
 

@@ -2,6 +2,9 @@
 
 import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -15,7 +18,7 @@ from lm_eval.tasks import TaskManager  # noqa: E402
 
 from decodesearch.engine import Engine, Stop  # noqa: E402
 from decodesearch.integrations import lm_eval as ds_lm_eval  # noqa: E402
-from decodesearch.integrations.lm_eval import DecodeSearchLM, convert_option, main  # noqa: E402
+from decodesearch.integrations.lm_eval import DecodeSearchLM, convert_option, cut_at_stop, main  # noqa: E402
 from decodesearch.strategies import make_strategy  # noqa: E402
 
 TASK = "ds_arith"
@@ -106,6 +109,35 @@ def test_until_stops_the_engine_and_truncates(greedy_lm):
     sample = lm.last_result.samples[0]
     assert sample.stop_reason == "stop_string"  # the engine stopped on it, not only the post-cut
     assert stop in lm.last_result.text and lm.last_result.tokens_generated < 12
+
+
+TRIGGER = "\n\nWait, let me check.\n"
+
+
+@pytest.mark.parametrize("text, stops, forced, expected", [
+    ("a\n\nb", ["\n\n"], (), "a"),
+    ("a" + TRIGGER + "b\n\nc", ["\n\n"], (TRIGGER,), "a" + TRIGGER + "b"),
+    ("a\n" + TRIGGER + "b", ["\n\n"], (TRIGGER,), "a\n" + TRIGGER + "b"),  # spans the boundary
+    ("a" + TRIGGER + "b Q: c\n\n", ["\n\n", "Q:"], (TRIGGER,), "a" + TRIGGER + "b "),
+    ("abc", [], (TRIGGER,), "abc"),
+    ("abc", ["", "z"], (), "abc"),
+])
+def test_cut_at_stop_ignores_forced_texts(text, stops, forced, expected):
+    assert cut_at_stop(text, stops, forced) == expected
+
+
+def test_ids_trigger_is_not_cut_by_a_newline_stop(tiny_dir):
+    """A task whose `until` holds "\\n\\n" keeps IDS's self-correction: the triggers (which start
+    with "\\n\\n") are forced text, so the answer is not cut at the first one."""
+    lm = DecodeSearchLM(pretrained=tiny_dir, strategy="ids", n=2, b0=2, seed=0, triggers=[TRIGGER],
+                        device="cpu", dtype="float32")
+    [text] = lm.generate_until([_request("Question: What is 2 + 3?\nAnswer:", until=["\n\n"], max_gen_toks=8)])
+    result = lm.last_result
+    assert any(e["event"] == "trigger" for e in result.trace)
+    assert TRIGGER in result.text
+    assert text == cut_at_stop(result.text, ["\n\n"], (TRIGGER,))
+    assert TRIGGER in text  # lm-eval's own rule would have cut right before it
+    assert len(text) > len(result.text.split("\n\n")[0])
 
 
 def test_max_gen_toks_is_the_strategy_budget(greedy_lm):
@@ -208,6 +240,46 @@ def test_cli_main_registers_and_delegates(tiny_dir, task_dir, tmp_path, monkeypa
     assert saved["config"]["decodesearch_strategy"] == "sampling"
     assert "exact_match,none" in saved["results"][TASK]
     assert ds_lm_eval.__doc__ and "python -m decodesearch.integrations.lm_eval" in ds_lm_eval.__doc__
+
+
+def test_plain_lm_eval_command_finds_the_model(tiny_dir, task_dir, tmp_path):
+    """lm-eval's own console script, in a fresh interpreter: the installed `decodesearch-lm-eval.pth`
+    hook registers the name, with no decodesearch import by the caller."""
+    lm_eval_cmd = Path(sys.executable).with_name("lm_eval")
+    out_dir = tmp_path / "out"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [str(lm_eval_cmd), "--model", "decodesearch",
+         "--model_args", f"pretrained={tiny_dir},strategy=ids,n=2,b0=2,seed=0",
+         "--tasks", TASK, "--include_path", task_dir, "--device", "cpu", "--output_path", str(out_dir)],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [result_file] = list(out_dir.rglob("results_*.json"))
+    saved = json.loads(result_file.read_text())
+    assert saved["config"]["model"] == "decodesearch"
+    assert saved["config"]["decodesearch_strategy"] == "ids"
+    assert saved["n-samples"][TASK]["effective"] == len(QUESTIONS)
+
+
+def test_plugin_hook_is_lazy_and_idempotent():
+    """At interpreter start the hook imports neither torch nor lm-eval; importing lm_eval.models
+    registers `decodesearch` as a placeholder that resolves to DecodeSearchLM."""
+    code = (
+        "import sys\n"
+        "assert 'torch' not in sys.modules and 'lm_eval' not in sys.modules, sorted(sys.modules)\n"
+        "from decodesearch.integrations import lm_eval_plugin as p\n"
+        "p.install(); p.install()\n"
+        "assert sum(isinstance(f, p._RegisterAfterImport) for f in sys.meta_path) == 1\n"
+        "from lm_eval.api.registry import get_model, model_registry\n"
+        "cls = get_model('decodesearch')\n"
+        "assert cls.__name__ == 'DecodeSearchLM', cls\n"
+        "assert 'hf' in model_registry\n"
+        "p.install()\n"
+        "print('ok')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
 
 
 def test_real_smollm2_by_registry_name(smollm2):

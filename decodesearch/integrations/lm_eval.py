@@ -1,18 +1,19 @@
 """lm-evaluation-harness model `decodesearch`: HFLM whose `generate_until` runs a decodesearch strategy.
 
-Importing this module registers the model in lm-eval's model registry under `decodesearch`.
-lm-eval 0.4.x has no plug-in discovery (no entry-point group is scanned), so its own `lm_eval`
-command does not know the name; run lm-eval's CLI through this module instead, which registers the
-model and then hands every argument to lm-eval unchanged:
+Installing decodesearch makes lm-eval's own command and `simple_evaluate` know the name
+`decodesearch` (lm-eval 0.4.x scans no entry points, so a `.pth` hook registers it lazily; see
+`lm_eval_plugin.py`):
 
-    python -m decodesearch.integrations.lm_eval --model decodesearch \\
+    lm_eval --model decodesearch \\
         --model_args pretrained=smollm2-135m-instruct,strategy=ids,n=4,b0=64 \\
         --tasks gsm8k --limit 20 --device cpu
 
-    python -m decodesearch.integrations.lm_eval ls tasks      # any lm-eval subcommand works
+    lm_eval.simple_evaluate(model="decodesearch", model_args="pretrained=...,strategy=ids", ...)
 
-From Python, import this module and use `lm_eval.simple_evaluate(model="decodesearch",
-model_args=...)`, or build `DecodeSearchLM(...)` and pass the instance.
+Importing this module also registers the model, and `python -m decodesearch.integrations.lm_eval
+ARGS` runs lm-eval's CLI after registering it: the routes where `.pth` hooks do not run
+(`python -S`, the source tree on PYTHONPATH instead of an install). From Python you can also build
+`DecodeSearchLM(...)` and pass the instance.
 
 Model args (strings from `--model_args`, typed from the strategy constructor's defaults):
 - `pretrained`: a decodesearch registry name, a local folder or a hub id, loaded with
@@ -33,9 +34,11 @@ Model args (strings from `--model_args`, typed from the strategy constructor's d
 Per request: the context (already formatted by lm-eval, chat template included when asked) is
 encoded as HFLM encodes it for generation (`tok_batch_encode`, left-truncated to
 `max_length - max_gen_toks`), searched with `strategy.run_ids`, the task's `until` strings (plus
-EOS) stop decoding, the chosen sample's text is cut at the first stop string, and `max_gen_toks`
-is the strategy's `max_tokens`. Loglikelihood requests are HFLM's, unchanged. Single process only
-(the model is passed to HFLM already loaded, so no accelerate data parallelism).
+EOS) stop decoding, the chosen sample's text is cut at the first stop string that is the model's
+own (one inside a text the strategy forced in, such as an IDS trigger "\\n\\nWait, ...", does not
+count: `cut_at_stop`), and `max_gen_toks` is the strategy's `max_tokens`. Loglikelihood requests
+are HFLM's, unchanged. Single process only (the model is passed to HFLM already loaded, so no
+accelerate data parallelism).
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ from typing import Any
 
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
-from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
+from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs
 from tqdm import tqdm
 
 from decodesearch.engine import Engine, Stop
@@ -219,6 +222,15 @@ def split_model_args(strategy: str, kwargs: dict[str, Any]) -> _Split:
 # ------------------------------------------------------------------------------ the model
 
 
+def cut_at_stop(text: str, stops: list[str], forced: tuple[str, ...] = ()) -> str:
+    """`text` up to the first occurrence of any of `stops` (lm-eval's rule), where occurrences lying
+    within a `forced` text do not count (a stop "\\n\\n" must not cut at an IDS trigger)."""
+    masked = text
+    for f in sorted((f for f in forced if f), key=len, reverse=True):
+        masked = masked.replace(f, "\0" * len(f))
+    return text[: min((i for s in stops if s and (i := masked.find(s)) >= 0), default=len(text))]
+
+
 class DecodeSearchLM(HFLM):
     """HFLM whose generation goes through a decodesearch strategy (see the module docstring).
 
@@ -309,7 +321,7 @@ class DecodeSearchLM(HFLM):
                            {k: kwargs[k] for k in names}, self.strategy_name)
 
     def generate_one(self, context: str, until: list[str], max_gen_toks: int) -> str:
-        """Search from `context`; the chosen sample's text cut at the first of `until`."""
+        """Search from `context`; the chosen sample's text cut at the model's first `until` string."""
         max_ctx = self.max_length - max_gen_toks
         if max_ctx <= 0:
             raise ValueError(f"max_gen_toks={max_gen_toks} leaves no room for the context "
@@ -328,7 +340,9 @@ class DecodeSearchLM(HFLM):
             text = result.text if cut is None else self.tok_decode(toks[cut + 1 :]).lstrip()
         else:
             text = result.text
-        return postprocess_generated_text(text, until, think if isinstance(think, str) else None)
+            if isinstance(think, str) and think:
+                text = text.split(think)[-1].lstrip()
+        return cut_at_stop(text, until, self.strategy_for(max_gen_toks, until).forced_texts())
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         """One strategy search per request, in the given order; returns the texts in that order."""

@@ -107,6 +107,11 @@ class Strategy:
     def default_sampler(self) -> Sampler:
         return Sampler(temperature=0.7, top_p=0.95)
 
+    def forced_texts(self) -> tuple[str, ...]:
+        """Texts this strategy teacher-forces into a sample (triggers, cues). They are not the
+        model's words: a caller's stop strings must not match inside them."""
+        return ()
+
     def run(self, engine: Engine, prompts: Sequence[str]) -> list[SearchResult]:
         if isinstance(prompts, str):
             prompts = [prompts]

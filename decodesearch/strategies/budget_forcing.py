@@ -49,6 +49,9 @@ class BudgetForcing(Strategy):
     def default_sampler(self) -> Sampler:
         return GREEDY
 
+    def forced_texts(self) -> tuple[str, ...]:
+        return (self.ignore, self.answer_cue)
+
     def search(self, engine: Engine, root: Branch, prompt: str) -> SearchResult:
         tok = engine.tokenizer
         b = engine.fork(root, 1)[0]

@@ -89,6 +89,9 @@ class IDS(Strategy):
         self.trigger_order, self.policy, self.aggregate, self.scorer = trigger_order, policy, aggregate, scorer
         self.boundaries = segment_boundaries(b0, self.gamma, max_tokens)
 
+    def forced_texts(self) -> tuple[str, ...]:
+        return tuple(self.triggers)
+
     def _next_stop(self, generated: int) -> int:
         return next((p for p in self.boundaries if p > generated), self.max_tokens)
 
