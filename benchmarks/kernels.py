@@ -54,10 +54,9 @@ def _time_ms(fn, warmup: int = 2, reps: int = 7) -> float:
 def _copy_bandwidth(device) -> float:
     """GB/s (read + write) of one large device-to-device tensor copy."""
     n = 1 << 30  # 1 GiB each way
-    a = torch.empty(n, dtype=torch.uint8, device=device)
-    b = torch.empty_like(a)
-    ms = _time_ms(lambda: b.copy_(a), warmup=3, reps=10)
-    del a, b
+    src_dst = [torch.empty(n, dtype=torch.uint8, device=device) for _ in range(2)]
+    ms = _time_ms(lambda: src_dst[1].copy_(src_dst[0]), warmup=3, reps=10)
+    src_dst.clear()  # free both before emptying the cache
     torch.cuda.empty_cache()
     return 2 * n / (ms * 1e-3) / 1e9
 
@@ -111,7 +110,8 @@ def bench_kv_copy(device, copy_gbs: float) -> list[dict]:
                 "speedup_vs_loop": ms_loop / ms_tri,
             }
         )
-    del ks, vs
+    ks.clear()
+    vs.clear()
     torch.cuda.empty_cache()
     return sorted(results, key=lambda r: r["fork_rows"])
 
