@@ -16,61 +16,100 @@ Target: >= 2x torch. Kernel timings skip the token-id range check (a host sync);
 Prints a table and writes benchmarks/results/kernels.json. Without CUDA it says so and exits 0.
 Runs in well under a minute on an H100 (the fork of 128 rows needs about 65 GiB of GPU memory
 and is skipped, and recorded as skipped, where there is less).
+
+    python benchmarks/kernels.py --smoke --out /tmp/kernels_smoke.json
+
+runs the same code on CPU under TRITON_INTERPRET=1 at toy sizes (its timings mean nothing): a
+check that the script works before GPU time is spent on it (tests/test_benchmarks.py runs it).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import statistics
 import sys
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
-LAYERS, KV_HEADS, HEAD_DIM, COLS = 32, 8, 128, 4096
-FORKS = (8, 32, 128)
-VOCAB, BATCHES, CANDIDATES = 152064, (1, 64, 256), 4
 OUT = Path(__file__).resolve().parent / "results" / "kernels.json"
 
 
-def _time_ms(fn, warmup: int = 2, reps: int = 7) -> float:
-    """Median milliseconds of ``fn()`` measured with CUDA events."""
+@dataclass(frozen=True)
+class Sizes:
+    layers: int = 32
+    kv_heads: int = 8
+    head_dim: int = 128
+    cols: int = 4096
+    forks: tuple[int, ...] = (8, 32, 128)
+    vocab: int = 152064
+    batches: tuple[int, ...] = (1, 64, 256)
+    candidates: int = 4
+    copy_bytes: int = 1 << 30  # each way, for the device copy bandwidth
+    warmup: int = 3
+    reps: int = 20
+
+
+SMOKE = Sizes(layers=2, kv_heads=2, head_dim=16, cols=32, forks=(2, 4), vocab=1000, batches=(1, 3),
+              copy_bytes=1 << 20, warmup=0, reps=1)
+
+
+def _sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time_ms(fn, device, warmup: int, reps: int) -> float:
+    """Median milliseconds of ``fn()``: CUDA events on a GPU, wall clock on CPU (smoke runs)."""
     for _ in range(warmup):
         fn()
-    torch.cuda.synchronize()
+    _sync(device)
     times = []
     for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t) * 1e3)
     return statistics.median(times)
 
 
-def _copy_bandwidth(device) -> float:
+def _free_cache(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _copy_bandwidth(device, sz: Sizes) -> float:
     """GB/s (read + write) of one large device-to-device tensor copy."""
-    n = 1 << 30  # 1 GiB each way
+    n = sz.copy_bytes
     src_dst = [torch.empty(n, dtype=torch.uint8, device=device) for _ in range(2)]
-    ms = _time_ms(lambda: src_dst[1].copy_(src_dst[0]), warmup=3, reps=10)
+    ms = _time_ms(lambda: src_dst[1].copy_(src_dst[0]), device, warmup=sz.warmup, reps=max(sz.reps // 2, 1))
     src_dst.clear()  # free both before emptying the cache
-    torch.cuda.empty_cache()
+    _free_cache(device)
     return 2 * n / (ms * 1e-3) / 1e9
 
 
-def bench_kv_copy(device, copy_gbs: float) -> list[dict]:
+def bench_kv_copy(device, copy_gbs: float, sz: Sizes) -> list[dict]:
     from decodesearch.kernels.kv_kernels import kv_copy_triton
 
+    LAYERS, KV_HEADS, HEAD_DIM, COLS = sz.layers, sz.kv_heads, sz.head_dim, sz.cols
     dtype = torch.float16
     row_bytes = KV_HEADS * COLS * HEAD_DIM * torch.finfo(dtype).bits // 8  # per tensor
-    free, _ = torch.cuda.mem_get_info(device)
-    fits = [n for n in FORKS if (n + 1) * row_bytes * 2 * LAYERS + (n * row_bytes + (2 << 30)) < free]
+    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else 1 << 62
+    fits = [n for n in sz.forks if (n + 1) * row_bytes * 2 * LAYERS + (n * row_bytes + (2 << 30)) < free]
     results = [
         {"fork_rows": n, "skipped": f"needs ~{((n + 1) * row_bytes * 2 * LAYERS) / 2**30:.0f} GiB of GPU memory"}
-        for n in FORKS
+        for n in sz.forks
         if n not in fits
     ]
     if not fits:
@@ -92,9 +131,9 @@ def bench_kv_copy(device, copy_gbs: float) -> list[dict]:
             for t in (*ks, *vs):
                 t.index_copy_(0, dst_t, t.index_select(0, src_t))
 
-        ms_tri = _time_ms(triton_fork)
+        ms_tri = _time_ms(triton_fork, device, sz.warmup, sz.reps)
         assert torch.equal(ks[0][n], ks[0][0]), "kv_copy produced a wrong copy"
-        ms_loop = _time_ms(torch_loop, warmup=1, reps=3)
+        ms_loop = _time_ms(torch_loop, device, min(sz.warmup, 1), max(sz.reps // 5, 1))
         gbs_tri = moved / (ms_tri * 1e-3) / 1e9
         gbs_loop = moved / (ms_loop * 1e-3) / 1e9
         results.append(
@@ -112,16 +151,17 @@ def bench_kv_copy(device, copy_gbs: float) -> list[dict]:
         )
     ks.clear()
     vs.clear()
-    torch.cuda.empty_cache()
+    _free_cache(device)
     return sorted(results, key=lambda r: r["fork_rows"])
 
 
-def bench_score(device) -> list[dict]:
+def bench_score(device, sz: Sizes) -> list[dict]:
     from decodesearch.kernels.score_kernel import score_reference, score_triton
 
+    VOCAB, CANDIDATES = sz.vocab, sz.candidates
     results = []
     gen = torch.Generator(device=device).manual_seed(0)
-    for B in BATCHES:
+    for B in sz.batches:
         logits = (torch.randn(B, VOCAB, device=device, generator=gen) * 4).to(torch.bfloat16)
         ids = torch.randint(0, VOCAB, (B, CANDIDATES), device=device, generator=gen)
         ref = score_reference(logits, ids)
@@ -132,10 +172,11 @@ def bench_score(device) -> list[dict]:
         def lsm_gather():
             return torch.log_softmax(logits.float(), dim=-1).gather(1, ids)
 
-        ms_tri = _time_ms(lambda: score_triton(logits, ids, check_ids=False), warmup=3, reps=20)
-        ms_tri_checked = _time_ms(lambda: score_triton(logits, ids), warmup=3, reps=20)
-        ms_lsm = _time_ms(lsm_gather, warmup=3, reps=20)
-        ms_ref = _time_ms(lambda: score_reference(logits, ids), warmup=3, reps=20)
+        timed = {"device": device, "warmup": sz.warmup, "reps": sz.reps}
+        ms_tri = _time_ms(lambda: score_triton(logits, ids, check_ids=False), **timed)
+        ms_tri_checked = _time_ms(lambda: score_triton(logits, ids), **timed)
+        ms_lsm = _time_ms(lsm_gather, **timed)
+        ms_ref = _time_ms(lambda: score_reference(logits, ids), **timed)
         results.append(
             {
                 "batch": B,
@@ -154,18 +195,35 @@ def bench_score(device) -> list[dict]:
     return results
 
 
-def main() -> int:
-    if not torch.cuda.is_available():
-        print("benchmarks/kernels.py needs a CUDA GPU and none is available; nothing was run.")
-        return 0
-    os.environ.pop("TRITON_INTERPRET", None)
-    device = torch.device("cuda")
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--smoke", action="store_true",
+                    help="toy sizes on CPU under TRITON_INTERPRET=1: checks the script, times nothing")
+    ap.add_argument("--out", type=Path, default=None, help=f"JSON to write (default {OUT}; required with --smoke)")
+    args = ap.parse_args(argv)
+    if args.smoke:
+        if args.out is None or args.out.resolve() == OUT:
+            ap.error(f"--smoke needs --out elsewhere than {OUT}: its timings are not a reference run")
+        os.environ["TRITON_INTERPRET"] = "1"  # before the kernels (and triton.jit) are imported
+        device, sz, name = torch.device("cpu"), SMOKE, "cpu (smoke, TRITON_INTERPRET=1)"
+    else:
+        if not torch.cuda.is_available():
+            print("benchmarks/kernels.py needs a CUDA GPU and none is available; nothing was run.")
+            return 0
+        os.environ.pop("TRITON_INTERPRET", None)
+        device, sz = torch.device("cuda"), Sizes()
+        name = torch.cuda.get_device_name(device)
+    out = args.out or OUT
+    LAYERS, KV_HEADS, HEAD_DIM, COLS = sz.layers, sz.kv_heads, sz.head_dim, sz.cols
+    VOCAB, CANDIDATES = sz.vocab, sz.candidates
     t0 = time.time()
-    copy_gbs = _copy_bandwidth(device)
-    kv = bench_kv_copy(device, copy_gbs)
-    sc = bench_score(device)
+    copy_gbs = _copy_bandwidth(device, sz)
+    kv = bench_kv_copy(device, copy_gbs, sz)
+    sc = bench_score(device, sz)
     report = {
-        "device": torch.cuda.get_device_name(device),
+        "device": name,
+        "smoke": args.smoke,
+        "sizes": asdict(sz),
         "torch": torch.__version__,
         "triton": __import__("triton").__version__,
         "copy_bandwidth_gbs": copy_gbs,
@@ -196,9 +254,9 @@ def main() -> int:
             f"{r['batch']:>6} {r['triton_ms']:>10.4f} {r['triton_checked_ms']:>10.4f} {r['torch_lsm_gather_ms']:>14.4f} "
             f"{r['torch_reference_ms']:>13.4f} {r['speedup_vs_lsm_gather']:>7.2f} {r['speedup_vs_reference']:>7.2f}"
         )
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nwrote {OUT} ({report['seconds']:.1f} s)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nwrote {out} ({report['seconds']:.1f} s)")
     return 0
 
 
