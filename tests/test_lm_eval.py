@@ -282,6 +282,30 @@ def test_plugin_hook_is_lazy_and_idempotent():
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
 
 
+def test_plugin_failure_warns_and_lm_eval_still_imports():
+    """If registering fails (say an lm-eval with another registry API), lm-eval's import goes on."""
+    code = (
+        "import sys, warnings\n"
+        "import lm_eval.api.registry as r\n"
+        "assert 'lm_eval.models' not in sys.modules\n"
+        "real = r.model_registry.register\n"
+        "def register(name, *a, **kw):\n"
+        "    if name == 'decodesearch':\n"
+        "        raise RuntimeError('registry API changed')\n"
+        "    return real(name, *a, **kw)\n"
+        "r.model_registry.register = register\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    import lm_eval.models\n"
+        "assert 'hf' in r.model_registry and 'decodesearch' not in r.model_registry\n"
+        "[w] = [w for w in caught if 'could not register' in str(w.message)]\n"
+        "assert 'registry API changed' in str(w.message), w\n"
+        "print('ok')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
+
+
 def test_real_smollm2_by_registry_name(smollm2):
     lm = DecodeSearchLM(pretrained="smollm2-135m-instruct", strategy="self_consistency", n=2, seed=0,
                         device="cpu", dtype="float32")

@@ -8,12 +8,14 @@ line at interpreter start, which imports this module (stdlib only, nothing else 
 module lm-eval imports to fill its model registry; right after that module has run, the finder
 registers `decodesearch` as a lazy placeholder (`PLACEHOLDER`), so torch and the adapter are
 imported only when lm-eval resolves the name. If `lm_eval.models` is already imported, `install()`
-registers at once. Idempotent; without lm-eval installed the finder never fires.
+registers at once. Idempotent; without lm-eval installed the finder never fires. A failure to
+register (an lm-eval whose registry API differs) is a warning, never an error in lm-eval's import.
 """
 
 from __future__ import annotations
 
 import sys
+import warnings
 
 MODEL_NAME = "decodesearch"
 PLACEHOLDER = "decodesearch.integrations.lm_eval:DecodeSearchLM"
@@ -49,7 +51,12 @@ class _RegisterAfterImport:
 
         def exec_module(module):
             run_module(module)
-            register_placeholder()
+            try:
+                register_placeholder()
+            except Exception as e:  # lm-eval must keep working whatever happens here
+                warnings.warn(f"decodesearch could not register the lm-eval model {MODEL_NAME!r} ({e!r}); "
+                              "run `python -m decodesearch.integrations.lm_eval ...` instead",
+                              RuntimeWarning, stacklevel=2)
 
         loader.exec_module = exec_module  # this module's own loader instance only
         return spec
