@@ -214,8 +214,6 @@ def main(argv: list[str] | None = None) -> int:
         device, sz = torch.device("cuda"), Sizes()
         name = torch.cuda.get_device_name(device)
     out = args.out or OUT
-    LAYERS, KV_HEADS, HEAD_DIM, COLS = sz.layers, sz.kv_heads, sz.head_dim, sz.cols
-    VOCAB, CANDIDATES = sz.vocab, sz.candidates
     t0 = time.time()
     copy_gbs = _copy_bandwidth(device, sz)
     kv = bench_kv_copy(device, copy_gbs, sz)
@@ -228,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         "triton": __import__("triton").__version__,
         "copy_bandwidth_gbs": copy_gbs,
         "kv_copy": {
-            "layers": LAYERS, "kv_heads": KV_HEADS, "head_dim": HEAD_DIM, "cols": COLS, "dtype": "float16",
+            "dtype": "float16",
             "pattern": "one source row forked to n destination rows, all columns",
             "results": kv,
         },
@@ -237,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     }
 
     print(f"device: {report['device']}   torch copy bandwidth: {copy_gbs:.0f} GB/s")
-    print(f"\nkv_copy ({LAYERS} layers x K,V; {KV_HEADS} heads; head_dim {HEAD_DIM}; {COLS} cols; fp16; one row forked to n)")
+    print(f"\nkv_copy ({sz.layers} layers x K,V; {sz.kv_heads} heads; head_dim {sz.head_dim}; {sz.cols} cols; fp16; "
+          "one row forked to n)")
     print(f"{'fork':>6} {'triton ms':>10} {'GB/s':>8} {'%copy':>7} {'loop ms':>9} {'loop GB/s':>10} {'x loop':>7}")
     for r in kv:
         if "skipped" in r:
@@ -247,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['fork_rows']:>6} {r['triton_ms']:>10.3f} {r['triton_gbs']:>8.0f} {100 * r['frac_of_copy_bw']:>6.0f}% "
             f"{r['torch_loop_ms']:>9.3f} {r['torch_loop_gbs']:>10.0f} {r['speedup_vs_loop']:>7.2f}"
         )
-    print(f"\nscore (bf16 logits, vocab {VOCAB}, {CANDIDATES} candidates per row)")
+    print(f"\nscore (bf16 logits, vocab {sz.vocab}, {sz.candidates} candidates per row)")
     print(f"{'batch':>6} {'triton ms':>10} {'+check ms':>10} {'lsm+gather ms':>14} {'reference ms':>13} {'x lsm':>7} {'x ref':>7}")
     for r in sc:
         print(

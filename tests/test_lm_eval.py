@@ -262,6 +262,11 @@ def test_plain_lm_eval_command_finds_the_model(tiny_dir, task_dir, tmp_path):
     assert saved["n-samples"][TASK]["effective"] == len(QUESTIONS)
 
 
+def _assert_fresh_python_prints_ok(code: str) -> None:
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
+
+
 def test_plugin_hook_is_lazy_and_idempotent():
     """At interpreter start the hook imports neither torch nor lm-eval; importing lm_eval.models
     registers `decodesearch` as a placeholder that resolves to DecodeSearchLM."""
@@ -278,8 +283,7 @@ def test_plugin_hook_is_lazy_and_idempotent():
         "p.install()\n"
         "print('ok')\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
+    _assert_fresh_python_prints_ok(code)
 
 
 def test_plugin_failure_warns_and_lm_eval_still_imports():
@@ -302,8 +306,7 @@ def test_plugin_failure_warns_and_lm_eval_still_imports():
         "assert 'registry API changed' in str(w.message), w\n"
         "print('ok')\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
+    _assert_fresh_python_prints_ok(code)
 
 
 def test_real_smollm2_by_registry_name(smollm2):

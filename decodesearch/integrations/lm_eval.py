@@ -328,7 +328,8 @@ class DecodeSearchLM(HFLM):
                              f"(max_length={self.max_length})")
         enc, _ = self.tok_batch_encode([context], left_truncate_len=max_ctx, truncation=self.truncation)
         ids = enc[0].tolist() or [self.prefix_token_id]
-        result = self.strategy_for(max_gen_toks, until).run_ids(self.engine, ids, context)
+        strategy = self.strategy_for(max_gen_toks, until)
+        result = strategy.run_ids(self.engine, ids, context)
         self.last_result = result
         self.requests_done += 1
         self.tokens_generated += result.tokens_generated
@@ -342,7 +343,7 @@ class DecodeSearchLM(HFLM):
             text = result.text
             if isinstance(think, str) and think:
                 text = text.split(think)[-1].lstrip()
-        return cut_at_stop(text, until, self.strategy_for(max_gen_toks, until).forced_texts())
+        return cut_at_stop(text, until, strategy.forced_texts())
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         """One strategy search per request, in the given order; returns the texts in that order."""
