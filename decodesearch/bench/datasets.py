@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
+
+from decodesearch.scoring.answers import KINDS
 
 __all__ = ["Problem", "load_dataset", "load_jsonl", "make_arith", "DATASET_NAMES", "DATA_ENV"]
 
@@ -22,9 +24,6 @@ class Problem:
     problem: str
     answer: str
     kind: str = "math"
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 # name -> (kind, data-dir file names tried in order, hub sources tried in order)
@@ -87,7 +86,7 @@ def load_dataset(
             )
         probs = load_jsonl(path)
     if kind is not None:
-        if kind not in ("math", "aime"):
+        if kind not in KINDS:
             raise ValueError(f"kind must be 'math' or 'aime', got {kind!r}")
         probs = [Problem(p.id, p.problem, p.answer, kind) for p in probs]
     return probs if limit is None else probs[:limit]
@@ -120,7 +119,7 @@ def load_jsonl(path: str | os.PathLike, default_kind: str = "math") -> list[Prob
                 if val is None or isinstance(val, (dict, list, bool)) or str(val).strip() == "":
                     raise ValueError(f"{where}: field {field!r} must be a non-empty string or number, got {val!r}")
             kind = rec.get("kind", default_kind)
-            if kind not in ("math", "aime"):
+            if kind not in KINDS:
                 raise ValueError(f"{where}: field 'kind' must be 'math' or 'aime', got {kind!r}")
             pid = str(rec["id"])
             if pid in seen:

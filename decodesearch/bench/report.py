@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence, Union
 
 from decodesearch.bench.results import read_results
-from decodesearch.scoring.answers import check_answer, normalize_answer
+from decodesearch.scoring.answers import CHECK_TIMEOUT_S, check_answer, normalize_answer
 from decodesearch.scoring.metrics import maj_at_k, mean_pass_at_k, self_correction_metrics
 
 __all__ = ["summarize", "format_summary", "print_summary", "compare", "format_compare", "plot", "correction_pairs"]
@@ -48,7 +48,7 @@ def _ks(n: int) -> list[int]:
     return ks
 
 
-def correction_pairs(record: dict, kind: str = "math", mode: str = "consecutive", timeout_s: float | None = 5.0) -> list[tuple[bool, bool]]:
+def correction_pairs(record: dict, kind: str = "math", mode: str = "consecutive", timeout_s: float | None = CHECK_TIMEOUT_S) -> list[tuple[bool, bool]]:
     """``(correct_before, correct_after)`` pairs of one record's samples, for CL/CS/RSS.
 
     A sample's stages are its answers before each trigger, then its final answer; their
@@ -113,15 +113,14 @@ def summarize(
     pk: dict[int, float] = {}
     mk: dict[int, float] = {}
     if n_min:
+        answers = [[s.get("answer") for s in r["samples"]] for r in with_samples]
+        correct = [[bool(s.get("correct")) for s in r["samples"]] for r in with_samples]
+        counts = [(len(c), sum(c)) for c in correct]
         for k in (ks if ks is not None else _ks(n_min)):
             if not 1 <= k <= n_min:
                 continue
-            counts = [(len(r["samples"]), sum(1 for s in r["samples"] if s.get("correct"))) for r in with_samples]
             pk[k] = mean_pass_at_k(counts, k)
-            hits = [
-                maj_at_k([s.get("answer") for s in r["samples"]], [bool(s.get("correct")) for s in r["samples"]], k, key=vote_key)
-                for r in with_samples
-            ]
+            hits = [maj_at_k(a, c, k, key=vote_key) for a, c in zip(answers, correct)]
             mk[k] = sum(hits) / len(hits)
     out["pass@k"] = pk
     out["maj@k"] = mk

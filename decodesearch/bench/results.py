@@ -151,7 +151,6 @@ def config_diff(old: dict, new: dict, ignore_keys: Iterable[str] = ()) -> list[s
 class _Scan:
     header: dict | None  # None: empty file (or only a partial header line)
     records: list[dict]  # deduplicated by id, first occurrence kept, file order
-    ids: list[str]
     good_end: int  # byte offset just past the last complete line
     tail: str  # "none" | "partial" (dropped) | "unterminated" (complete record without newline)
     size: int
@@ -162,7 +161,6 @@ def _scan_bytes(data: bytes, path: Path) -> _Scan:
     complete, tail = parts[:-1], parts[-1]
     header: dict | None = None
     records: list[dict] = []
-    ids: list[str] = []
     seen: set[str] = set()
     dups = 0
 
@@ -184,7 +182,6 @@ def _scan_bytes(data: bytes, path: Path) -> _Scan:
             return
         seen.add(obj["id"])
         records.append(obj)
-        ids.append(obj["id"])
 
     for lineno, raw in enumerate(complete, 1):
         if not raw.strip():
@@ -215,7 +212,7 @@ def _scan_bytes(data: bytes, path: Path) -> _Scan:
         tail_state = "partial"  # trailing whitespace only
     if dups:
         log.warning("%s: %d duplicate record id(s); the first occurrence of each is used", path, dups)
-    return _Scan(header, records, ids, good_end, tail_state, len(data))
+    return _Scan(header, records, good_end, tail_state, len(data))
 
 
 def read_results(path: str | os.PathLike) -> tuple[dict, list[dict]]:
@@ -254,10 +251,6 @@ class ResultsFile:
 
     def __contains__(self, pid: str) -> bool:
         return pid in self._finished_set
-
-    @property
-    def finished_ids(self) -> set[str]:
-        return set(self._finished_set)
 
     def append(self, record: dict) -> None:
         """Append one problem's record as one line, then flush and fsync.

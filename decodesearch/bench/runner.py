@@ -20,20 +20,26 @@ from decodesearch.scoring.answers import check_answer
 from decodesearch.strategies import SearchResult, Strategy
 
 # Config keys that do not change results, so they never block a resume.
-RESUME_IGNORES = ("limit", "out", "plot")
+RESUME_IGNORES = ("limit",)
 
 
 def to_record(problem: Problem, result: SearchResult) -> dict:
     """The results-file record (schema in `decodesearch.bench.results`) of one solved problem."""
+    checked: dict[str | None, bool] = {}  # samples repeat answers; a slow check runs once
+
+    def check(answer: str | None) -> bool:
+        if answer not in checked:
+            checked[answer] = check_answer(answer, problem.answer, problem.kind)
+        return checked[answer]
+
     samples = []
     for s in result.samples:
         samples.append({
             "text": s.text,
             "answer": s.answer,
-            "correct": check_answer(s.answer, problem.answer, problem.kind),
+            "correct": check(s.answer),
             "answers_before_triggers": list(s.answers_before_triggers),
-            "correct_before_triggers": [check_answer(a, problem.answer, problem.kind)
-                                        for a in s.answers_before_triggers],
+            "correct_before_triggers": [check(a) for a in s.answers_before_triggers],
             "tokens_generated": s.tokens_generated,
         })
     return {
@@ -42,7 +48,7 @@ def to_record(problem: Problem, result: SearchResult) -> dict:
         "gold": problem.answer,
         "kind": problem.kind,
         "answer": result.answer,
-        "correct": check_answer(result.answer, problem.answer, problem.kind),
+        "correct": check(result.answer),
         "samples": samples,
         "tokens_generated": result.tokens_generated,
         "tokens_forwarded": result.tokens_forwarded,
@@ -96,10 +102,11 @@ def run_bench(
     if world_size > 1 and Path(out).exists():  # a resumed sharded run: skip what was merged already
         merged = {r["id"] for r in read_results(out)[1]}
     mine = [p for i, p in enumerate(problems) if i % world_size == rank and p.id not in merged]
+    mine_ids = {p.id for p in mine}
     solved = 0
     with open_results(path, config, ignore_keys=RESUME_IGNORES) as results:
         todo = [p for p in mine if p.id not in results]
-        done = [r for r in results.records if r["id"] in {p.id for p in mine}]
+        done = [r for r in results.records if r["id"] in mine_ids]
         bar = Progress(len(mine), len(done), sum(bool(r.get("correct")) for r in done),
                        label=f"rank {rank} " if world_size > 1 else "") if progress else None
         try:

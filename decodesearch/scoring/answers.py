@@ -15,7 +15,7 @@ import threading
 import time
 from typing import Callable, TypeVar
 
-__all__ = ["extract_answer", "check_answer", "normalize_answer", "CHECK_TIMEOUT_S", "MAX_PRED_CHARS"]
+__all__ = ["extract_answer", "check_answer", "normalize_answer", "CHECK_TIMEOUT_S", "KINDS", "MAX_PRED_CHARS"]
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +23,7 @@ T = TypeVar("T")
 
 #: Default per-problem checking budget in seconds (parse of gold and prediction plus verify).
 CHECK_TIMEOUT_S = 5.0
+KINDS = ("math", "aime")  # how an answer is checked: math-verify, or integer compare
 #: Predictions longer than this (characters) are not handed to math-verify; only an exact
 #: (normalised) string match can make them correct. Guards the LaTeX parser against huge inputs.
 MAX_PRED_CHARS = 2000
@@ -302,7 +303,7 @@ def check_answer(pred: str | None, gold: str, kind: str = "math", timeout_s: flo
     thread the check runs in a daemon worker thread that is abandoned on timeout (it may keep
     using CPU until it finishes). None or <= 0 disables the timeout.
     """
-    if kind not in ("math", "aime"):
+    if kind not in KINDS:
         raise ValueError(f"unknown answer kind {kind!r}; expected 'math' or 'aime'")
     if pred is None:
         return False

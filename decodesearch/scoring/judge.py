@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Protocol, Sequence
 
 __all__ = [
@@ -218,15 +218,12 @@ class SelfJudge:
         if isinstance(template, str):
             if good is None or bad is None:
                 raise ValueError("a judge prompt string needs good= and bad= option texts")
-            template = JudgeTemplate(name="custom", prompt=template, good=good, bad=bad,
-                                     context_format=context_format or DEFAULT_CONTEXT_FORMAT)
+            template = JudgeTemplate(name="custom", prompt=template, good=good, bad=bad)
         if not isinstance(template, JudgeTemplate):
             raise ValueError(f"template={template!r}; accepted: one of {sorted(TEMPLATES)}, "
                              "a JudgeTemplate or a prompt string")
-        if good is not None or bad is not None or context_format is not None:
-            template = JudgeTemplate(template.name, template.prompt, good if good is not None else template.good,
-                                     bad if bad is not None else template.bad,
-                                     context_format if context_format is not None else template.context_format)
+        overrides = {"good": good, "bad": bad, "context_format": context_format}
+        template = replace(template, **{k: v for k, v in overrides.items() if v is not None})
         p = template.prompt
         if p.count("{text}") != 1:
             raise ValueError(f"judge template must contain exactly one {{text}} slot; found {p.count('{text}')}")
@@ -319,10 +316,6 @@ class SelfJudge:
     def rows_needed(self) -> int:
         """Engine rows an evaluation may hold at once beyond the prefix (cached contexts + 2)."""
         return self.context_cache + 2
-
-    def bind(self, engine) -> Callable[[str], float]:
-        """``text -> score`` on `engine` (a plain callable view of this judge)."""
-        return lambda text: self.evaluate(engine, [text])[0]
 
     # ------------------------------------------------------------------ evaluation
 

@@ -10,6 +10,7 @@ __all__ = [
     "pass_at_k",
     "mean_pass_at_k",
     "majority_vote",
+    "vote_index",
     "maj_at_k",
     "SelfCorrectionStats",
     "self_correction_metrics",
@@ -72,7 +73,8 @@ def _groups(answers: Sequence, is_equiv: Callable | None, key: Callable | None) 
     return [(g[0], g[1]) for g in groups]
 
 
-def _vote_index(answers: Sequence, is_equiv: Callable | None = None, key: Callable | None = None) -> int | None:
+def vote_index(answers: Sequence, is_equiv: Callable | None = None, key: Callable | None = None) -> int | None:
+    """Index of `majority_vote`'s winner in `answers` (its first occurrence), or None."""
     groups = _groups(answers, is_equiv, key)
     if not groups:
         return None
@@ -90,7 +92,7 @@ def majority_vote(answers: Sequence, is_equiv: Callable | None = None, key: Call
     ``key(answer)`` if given, else by equality. Ties go to the group whose first occurrence
     is earliest in ``answers``.
     """
-    i = _vote_index(answers, is_equiv, key)
+    i = vote_index(answers, is_equiv, key)
     return None if i is None else answers[i]
 
 
@@ -113,7 +115,7 @@ def maj_at_k(
         k = len(answers)
     if k < 1 or k > len(answers):
         raise ValueError(f"maj_at_k: k={k} must satisfy 1 <= k <= {len(answers)} (number of samples)")
-    i = _vote_index(list(answers[:k]), is_equiv, key)
+    i = vote_index(list(answers[:k]), is_equiv, key)
     return False if i is None else bool(correct[i])
 
 

@@ -9,7 +9,7 @@ from typing import Callable
 
 from decodesearch.engine import GREEDY, Branch, Engine
 from decodesearch.scoring.answers import normalize_answer
-from decodesearch.scoring.metrics import majority_vote
+from decodesearch.scoring.metrics import vote_index
 from decodesearch.strategies.base import Sample, SearchResult, Strategy, check_positive_int, make_sample
 
 
@@ -31,9 +31,8 @@ def best_of(samples: list[Sample], branches: list[Branch], scorer: Callable[[str
 def vote(samples: list[Sample]) -> int:
     """Index of the sample whose (normalised) answer wins the majority vote; ties go to the
     earliest; 0 when no sample has an answer."""
-    keys = [None if s.answer is None else normalize_answer(s.answer) for s in samples]
-    winner = majority_vote(keys)
-    return 0 if winner is None else keys.index(winner)
+    i = vote_index([s.answer for s in samples], key=normalize_answer)
+    return 0 if i is None else i
 
 
 class Sampling(Strategy):
