@@ -348,6 +348,8 @@ def test_judge_bad_input(tiny_llama):
         SelfJudge(TINY_TEMPLATE, good="ok", bad="no", letters=("A", "A"))
     with pytest.raises(ValueError, match="not a built-in judge"):
         as_evaluator("harmful-ish")
+    with pytest.raises(ValueError, match=r"\{response\}"):  # a format without the response judges nothing
+        SelfJudge(TINY_TEMPLATE, good="ok", bad="no", context_format="Q: {prompt}")
     # letters checked against the engine's tokenizer on first use, too
     model, tok = tiny_model("llama"), ByteTokenizer()
     judge = SelfJudge(TINY_TEMPLATE, good="ok", bad="no", letters=("Yes", "No"))

@@ -238,7 +238,7 @@ class SelfJudge:
             raise ValueError("the good and bad option texts must differ")
         if letters[0] == letters[1]:
             raise ValueError(f"letters={letters!r}: the two option letters must differ")
-        if "{prompt}" not in template.context_format and "{response}" not in template.context_format:
+        if "{response}" not in template.context_format:
             raise ValueError("context_format must contain a {response} slot (and usually {prompt})")
         if not isinstance(context_cache, int) or context_cache < 0:
             raise ValueError(f"context_cache={context_cache!r} is out of range; accepted: an int >= 0")
