@@ -81,10 +81,11 @@ def kv_gather(layers_k, layers_v, rows, col_index, col_count) -> None:
     return _kv.kv_gather_reference(layers_k, layers_v, rows, col_index, col_count)
 
 
-def score(logits: torch.Tensor, token_ids: torch.Tensor):
+def score(logits: torch.Tensor, token_ids: torch.Tensor, check_ids: bool = True):
     """``(logsumexp [B], logprobs [B, C], entropy [B])``, all float32, from ``logits [B, V]``
-    (fp32/bf16/fp16) and ``token_ids [B, C]`` (int32/int64 in ``[0, V)``, ``C`` may be 0)."""
+    (fp32/bf16/fp16) and ``token_ids [B, C]`` (int32/int64 in ``[0, V)``, ``C`` may be 0).
+    ``check_ids=False`` skips the range check (a device->host sync) for ids known to be in range."""
     device = logits.device if isinstance(logits, torch.Tensor) else torch.device("cpu")
     if backend_for(device) == "triton":
-        return _score.score_triton(logits, token_ids)
-    return _score.score_reference(logits, token_ids)
+        return _score.score_triton(logits, token_ids, check_ids=check_ids)
+    return _score.score_reference(logits, token_ids, check_ids=check_ids)

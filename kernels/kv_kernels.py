@@ -232,7 +232,6 @@ def kv_gather_reference(layers_k, layers_v, rows, col_index, col_count) -> None:
 # Triton
 # ----------------------------------------------------------------------------------------------
 
-_META = 8  # int64 fields per tensor in the table: ptr, s_row, s_head, s_col, s_dim, heads, head_dim, pad
 _TABLE_CACHE: "OrderedDict[tuple, tuple]" = OrderedDict()
 _TABLE_CACHE_SIZE = 32
 _TILE_BYTES = 16384  # bytes one program moves per tile (kv_copy) / per loop step (kv_gather)
@@ -241,7 +240,7 @@ if triton is not None:
 
     @triton.jit
     def _load_tensor_meta(table, t, ELEM_BYTES: tl.constexpr, ALIGNED: tl.constexpr):
-        meta = table + t * 8
+        meta = table + t * 8  # 8 int64 fields per tensor: ptr, s_row, s_head, s_col, s_dim, heads, head_dim, pad
         addr = tl.load(meta)
         if ELEM_BYTES == 1:
             base = addr.to(tl.pointer_type(tl.int8))

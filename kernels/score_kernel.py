@@ -58,13 +58,14 @@ def _validate_score(logits, token_ids, check_ids: bool = True) -> tuple[torch.Te
     return logits, token_ids
 
 
-def score_reference(logits: torch.Tensor, token_ids: torch.Tensor):
+def score_reference(logits: torch.Tensor, token_ids: torch.Tensor, *, check_ids: bool = True):
     """Plain torch ``score``: ``log_softmax`` + ``gather`` + entropy, in float32.
 
     Returns ``(logsumexp [B] fp32, logprobs [B, C] fp32, entropy [B] fp32)``; see the module doc.
-    ``ValueError`` on bad shapes/dtypes or token ids outside ``[0, V)``.
+    ``ValueError`` on bad shapes/dtypes or token ids outside ``[0, V)`` (that range check is skipped
+    with ``check_ids=False``: the caller vouches for the ids).
     """
-    logits, token_ids = _validate_score(logits, token_ids)
+    logits, token_ids = _validate_score(logits, token_ids, check_ids)
     x = logits.float()
     lse = torch.logsumexp(x, dim=-1)
     logp = x - lse[:, None]

@@ -66,13 +66,17 @@ class Branch:
         self.stop_reason: str | None = None
         self.released = False
         self._cols: list[int] = []  # the store column of each token, ascending
-        self._end = 0  # first column after this row's last written column
         self._forks = 0
         self._generator: torch.Generator | None = None
 
     @property
     def length(self) -> int:
         return len(self.tokens)
+
+    @property
+    def _end(self) -> int:
+        """The first store column after this branch's last token (0 when it holds none)."""
+        return self._cols[-1] + 1 if self._cols else 0
 
     @property
     def new_tokens(self) -> list[int]:
@@ -206,7 +210,6 @@ class Engine:
         self.hidden[idx.to(self._out_device), :ncols] = self.hidden[src, :ncols].clone()
         for child in children:
             child._cols = list(branch._cols)
-            child._end = ncols
         self.stats.rows_copied += len(rows)
         self.stats.bytes_copied += len(rows) * ncols * self.cell_bytes
 
@@ -259,7 +262,7 @@ class Engine:
             logits = self._logits(bs)
             gens = [] if sampler.greedy else [b.generator for b in bs]
             picked = sampler.sample(logits, gens)
-            chosen_lp = score(logits, picked[:, None].to(logits.device))[1][:, 0].tolist()
+            chosen_lp = score(logits, picked[:, None].to(logits.device), check_ids=False)[1][:, 0].tolist()
             step_bs, step_ids, step_lps, still = [], [], [], []
             for i, b, tok, lp in zip(live, bs, picked.tolist(), chosen_lp):
                 if tok in eos:
@@ -301,7 +304,6 @@ class Engine:
         dropped = branch._cols[-n:]
         del branch._cols[-n:]
         self.valid[branch.row, torch.tensor(dropped, device=self._in_device)] = False
-        branch._end = branch._cols[-1] + 1
 
     @torch.no_grad()
     def logits(self, branches: Sequence[Branch]) -> torch.Tensor:
@@ -324,7 +326,7 @@ class Engine:
         vocab = logits.shape[-1]
         if ids.numel() and (ids.min() < 0 or ids.max() >= vocab):
             raise ValueError(f"candidate_ids out of range; accepted: 0..{vocab - 1}")
-        return score(logits, ids.to(logits.device).contiguous())[1]
+        return score(logits, ids.to(logits.device).contiguous(), check_ids=False)[1]  # range checked above
 
     def release(self, branch: Branch) -> None:
         """Free `branch`'s row. The handle is unusable afterwards."""
@@ -351,14 +353,14 @@ class Engine:
         q = max(lens)
         col0 = self._prepare_columns(bs, q)
         rows = [b.row for b in bs]
-        sel = slice(rows[0], rows[-1] + 1) if rows[-1] - rows[0] == len(rows) - 1 else torch.tensor(rows)
+        contiguous = rows[-1] - rows[0] == len(rows) - 1
+        sel = slice(rows[0], rows[-1] + 1) if contiguous else torch.tensor(rows, device=self._in_device)
         B = len(bs)
         pad = ids[0][0]
         input_ids = torch.tensor([x + [pad] * (q - len(x)) for x in ids], device=self._in_device)
         steps = torch.arange(q, device=self._in_device)
         positions = torch.tensor([len(b._cols) for b in bs], device=self._in_device)[:, None] + steps
-        vsel = sel if isinstance(sel, slice) else sel.to(self._in_device)
-        past = self.valid[vsel, :col0]
+        past = self.valid[sel, :col0]
         allowed = torch.cat(
             [past[:, None, :].expand(B, q, col0), torch.ones(q, q, dtype=torch.bool, device=self._in_device).tril().expand(B, q, q)],
             dim=-1,
@@ -374,10 +376,9 @@ class Engine:
             self.store.call = None
         hsel = sel if isinstance(sel, slice) else sel.to(self._out_device)
         self.hidden[hsel, col0 : col0 + q] = out.last_hidden_state.to(self._out_device)
-        self.valid[vsel, col0 : col0 + q] = steps[None, :] < torch.tensor(lens, device=self._in_device)[:, None]
+        self.valid[sel, col0 : col0 + q] = steps[None, :] < torch.tensor(lens, device=self._in_device)[:, None]
         for b, x, lp in zip(bs, ids, lps):
             b._cols.extend(range(col0, col0 + len(x)))
-            b._end = col0 + len(x)
             b.tokens.extend(x)
             b.token_logprobs.extend(lp)
         self.stats.tokens_forwarded += sum(lens)
@@ -409,7 +410,6 @@ class Engine:
             self.valid[b.row] = False
             self.valid[b.row, :n] = True
             b._cols = list(range(n))
-            b._end = n
         self.stats.compactions += 1
 
     def _alloc_rows(self, n: int) -> list[int]:

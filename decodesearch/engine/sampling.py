@@ -67,9 +67,7 @@ class Sampler:
         # searchsorted can land on a zero-probability tail token when u*total rounds to the total.
         ids = ids.clamp_max(probs.shape[-1] - 1)
         bad = probs.gather(-1, ids.unsqueeze(-1)).squeeze(-1) == 0
-        if bad.any():
-            ids[bad] = probs[bad].argmax(dim=-1)
-        return ids
+        return torch.where(bad, probs.argmax(dim=-1), ids)  # no host sync to test `bad`
 
 
 GREEDY = Sampler(temperature=0.0)

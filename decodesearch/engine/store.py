@@ -18,7 +18,8 @@ from decodesearch.kernels import kv_copy, kv_gather
 
 @dataclass
 class CallContext:
-    """Where the current forward writes: `rows` (a slice when contiguous, else an index tensor)."""
+    """Where the current forward writes: `rows` (a slice when contiguous, else an index tensor on the
+    model's input device)."""
 
     rows: slice | torch.Tensor
     col0: int
@@ -56,10 +57,7 @@ class BranchLayer(CacheLayerMixin):
         end = call.col0 + call.q
         rows = call.rows
         if isinstance(rows, torch.Tensor):
-            rows = rows.to(self.keys.device)
-            self.keys[rows, :, call.col0 : end] = key_states
-            self.values[rows, :, call.col0 : end] = value_states
-            return self.keys[rows, :, :end], self.values[rows, :, :end]
+            rows = rows.to(self.keys.device)  # a no-op unless layers sit on several devices
         self.keys[rows, :, call.col0 : end] = key_states
         self.values[rows, :, call.col0 : end] = value_states
         return self.keys[rows, :, :end], self.values[rows, :, :end]
@@ -106,17 +104,13 @@ class BranchKVStore(Cache):
 
     def copy_rows(self, src: list[int], dst: list[int], ncols: int) -> None:
         """Copy columns [0, ncols) of rows `src[i]` to rows `dst[i]` in every layer (one launch per device)."""
-        for device, (ks, vs) in self._by_device().items():
-            s = torch.tensor(src, dtype=torch.int64, device=device)
-            d = torch.tensor(dst, dtype=torch.int64, device=device)
-            kv_copy(ks, vs, s, d, ncols)
+        for ks, vs in self._by_device().values():
+            kv_copy(ks, vs, src, dst, ncols)  # host lists: the kernels validate on the host anyway
 
     def compact_rows(self, rows: list[int], cols: list[list[int]]) -> None:
         """Left-pack each row: new column j of `rows[i]` = old column `cols[i][j]` (ascending, unique)."""
         width = max(len(c) for c in cols)
         index = [c + [c[-1] if c else 0] * (width - len(c)) for c in cols]
-        for device, (ks, vs) in self._by_device().items():
-            r = torch.tensor(rows, dtype=torch.int64, device=device)
-            idx = torch.tensor(index, dtype=torch.int64, device=device).reshape(len(rows), width)
-            cnt = torch.tensor([len(c) for c in cols], dtype=torch.int64, device=device)
-            kv_gather(ks, vs, r, idx, cnt)
+        counts = [len(c) for c in cols]
+        for ks, vs in self._by_device().values():
+            kv_gather(ks, vs, rows, index, counts)
