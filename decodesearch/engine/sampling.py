@@ -59,7 +59,11 @@ class Sampler:
         """One token id per row of `logits` `[B, V]`; row i draws from `generators[i]`. Returns `[B]` int64."""
         if self.greedy:
             return logits.argmax(dim=-1)
-        probs = self.probs(logits)
+        return self.draw(self.probs(logits), generators)
+
+    def draw(self, probs: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
+        """One token id per row of `probs` `[B, V]` (a `probs()` result; row i draws from
+        `generators[i]`, one uniform per row). Returns `[B]` int64."""
         u = torch.stack([torch.rand((), generator=g, dtype=torch.float64) for g in generators])
         cdf = torch.cumsum(probs.double(), dim=-1)
         target = (u.to(cdf.device) * cdf[:, -1]).unsqueeze(-1)

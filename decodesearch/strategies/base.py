@@ -129,8 +129,7 @@ class Strategy:
         forwarded = engine.stats.tokens_forwarded
         t0 = time.perf_counter()
         try:
-            seed = None if self.seed is None else self.seed
-            root = engine.prefill(ids, seed=seed)
+            root = engine.prefill(ids, seed=self.seed)
             result = self.search(engine, root, prompt)
         finally:
             for b in engine.live_branches:

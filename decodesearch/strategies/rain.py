@@ -192,6 +192,7 @@ class RainSearch:
         self.embedder = embedder
         self.prompt_len = root_branch.start
         self.eos = rain.stop.eos_ids if rain.stop.eos_ids is not None else engine.eos_ids
+        self.stop_window = max(map(len, rain.stop.strings), default=0) + 12  # tokens decoded by _stop_hit
         self.root = RainNode(None, (), 1.0, step=0, seq_len=root_branch.length, seed=root_branch.seed)
         self.root.branch = root_branch
         self.committed: list[int] = list(root_branch.tokens)
@@ -235,11 +236,11 @@ class RainSearch:
         return [t for s in reversed(sets) for t in s]
 
     def _stop_hit(self, ids: Sequence[int]) -> bool:
+        """Whether a stop string occurs in the text of the last `stop_window` tokens of `ids`."""
         strings = self.rain.stop.strings
         if not strings:
             return False
-        window = max(map(len, strings)) + 12
-        text = self.tok.decode(list(ids[-window:]), skip_special_tokens=False)
+        text = self.tok.decode(list(ids[-self.stop_window :]), skip_special_tokens=False)
         return any(s in text for s in strings)
 
     def _ends_clause(self, text: str) -> bool:
@@ -326,12 +327,15 @@ class RainSearch:
             logits = engine.logits([r.branch for r in live])
             picked = logits.argmax(dim=-1)
             exp_idx = [i for i, r in enumerate(live) if r.kind != "rollout"]
-            for kind, sampler in (("sample", rain.sampler), ("rollout", rain.rollout_sampler)):
-                idx = [i for i, r in enumerate(live) if r.kind == kind]
-                if idx and not sampler.greedy:
-                    picked[idx] = sampler.sample(logits[idx], [live[i].generator for i in idx]).to(picked.device)
+            probs = rain.prior_probs(logits[exp_idx]) if exp_idx else None
+            sample_pos = [j for j, i in enumerate(exp_idx) if live[i].kind == "sample"]
+            if sample_pos and not rain.sampler.greedy:  # drawn from the distribution the priors use
+                idx = [exp_idx[j] for j in sample_pos]
+                picked[idx] = rain.sampler.draw(probs[sample_pos], [live[i].generator for i in idx]).to(picked.device)
+            idx = [i for i, r in enumerate(live) if r.kind == "rollout"]
+            if idx and not rain.rollout_sampler.greedy:
+                picked[idx] = rain.rollout_sampler.sample(logits[idx], [live[i].generator for i in idx]).to(picked.device)
             if exp_idx:
-                probs = rain.prior_probs(logits[exp_idx])
                 chosen = probs.gather(-1, picked[exp_idx].unsqueeze(-1).to(probs.device)).squeeze(-1)
                 for i, p in zip(exp_idx, chosen.tolist()):
                     live[i].logp += math.log(p) if p > 0 else -math.inf
@@ -349,7 +353,8 @@ class RainSearch:
                     r.stop = "context"
                 elif r.kind == "rollout" and self._ends_clause(self.tok.decode(r.out, skip_special_tokens=True)):
                     r.stop = "boundary"
-                elif r.kind != "rollout" and rain.stop.strings and self._stop_hit(r.branch.tokens + [tok]):
+                elif r.kind != "rollout" and rain.stop.strings and self._stop_hit(
+                        r.branch.tokens[-self.stop_window :] + [tok]):
                     r.stop = "stop_string"
                 else:
                     still.append(r)
@@ -423,6 +428,7 @@ class RainSearch:
         probs = torch.softmax(logits.float() / temp, dim=-1)
         order = torch.argsort(probs, descending=True).tolist()
         have = {c.tokens for c in parent.children}
+        resp = self.response_tokens(parent) if self.rain.stop.strings else []
         if any(c.terminal == "eos" for c in parent.children):
             have.add(())
         added = 0
@@ -434,7 +440,7 @@ class RainSearch:
                 continue
             have.add(tokens)
             terminal = "eos" if t in self.eos else None
-            if terminal is None and self.rain.stop.strings and self._stop_hit(self.response_tokens(parent) + [t]):
+            if terminal is None and self.rain.stop.strings and self._stop_hit(resp + [t]):
                 terminal = "stop_string"
             self._new_child(parent, tokens, float(probs[t]), len(parent.children), terminal)
             added += 1
