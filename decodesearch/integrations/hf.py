@@ -45,7 +45,8 @@ class SearchGenerateOutput(GenerateDecoderOnlyOutput):
     results: list[SearchResult] | None = None
 
 
-def hf(strategy: str | Strategy, tokenizer=None, engine_kwargs: dict | None = None, **strategy_kwargs):
+def hf(strategy: str | Strategy, tokenizer=None, *, engine: Engine | None = None, engine_kwargs: dict | None = None,
+       **strategy_kwargs):
     """A callable for `model.generate(**inputs, custom_generate=hf(strategy, tokenizer))`.
 
     Each input row (left or right padding, read from `attention_mask`) is used as already-formatted
@@ -53,7 +54,8 @@ def hf(strategy: str | Strategy, tokenizer=None, engine_kwargs: dict | None = No
     sample's tokens, right-padded with the pad id); with `return_dict_in_generate=True`, a
     `SearchGenerateOutput` whose `results` hold the traces. `tokenizer` may instead be passed to
     `generate(tokenizer=...)`. Lengths and sampling come from the strategy (its `max_tokens`,
-    `sampler`, `stop`); generate's own length and sampling settings are not used.
+    `sampler`, `stop`); generate's own length and sampling settings are not used. Each call builds
+    an `Engine` from `engine_kwargs`, unless an `engine` over the same model is passed to reuse.
     """
     strat = _strategy(strategy, strategy_kwargs)
 
@@ -64,14 +66,16 @@ def hf(strategy: str | Strategy, tokenizer=None, engine_kwargs: dict | None = No
             raise ValueError("hf(strategy) needs a tokenizer: hf(strategy, tokenizer) or generate(..., tokenizer=tok)")
         mask = model_kwargs.get("attention_mask")
         mask = torch.ones_like(input_ids) if mask is None else mask
-        engine = Engine(model, tok, **(engine_kwargs or {}))
+        eng = engine or Engine(model, tok, **(engine_kwargs or {}))
+        if eng.model is not model:
+            raise ValueError("hf(strategy, engine=...): the engine was built over another model")
         results = []
         for row, keep in zip(input_ids.tolist(), mask.bool().tolist()):
             ids = [t for t, k in zip(row, keep) if k]
-            results.append(strat.run_ids(engine, ids, tok.decode(ids)))
+            results.append(strat.run_ids(eng, ids, tok.decode(ids)))
         pad = generation_config.pad_token_id if generation_config is not None else None
         if pad is None:
-            pad = min(engine.eos_ids) if engine.eos_ids else 0
+            pad = min(eng.eos_ids) if eng.eos_ids else 0
         pad = pad[0] if isinstance(pad, (list, tuple)) else pad
         new = [r.token_ids for r in results]
         width = input_ids.shape[1] + max(map(len, new))

@@ -55,11 +55,10 @@ from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs
 from tqdm import tqdm
 
 from decodesearch.engine import Engine, Stop
+from decodesearch.integrations.lm_eval_plugin import MODEL_NAME
 from decodesearch.strategies import STRATEGIES, PromptFormat, SearchResult, Strategy
 
 logger = logging.getLogger(__name__)
-
-MODEL_NAME = "decodesearch"
 
 # Strategy constructor arguments the adapter sets itself, and where the user sets them instead.
 RESERVED = {
