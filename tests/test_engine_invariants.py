@@ -25,7 +25,7 @@ def make_machine(arch, dtype):
 
         def __init__(self):
             super().__init__()
-            self.engine = Engine(model, ByteTokenizer(), max_rows=8, initial_cols=16, compact_below=0.6)
+            self.engine = Engine(model, ByteTokenizer(), max_rows=8, initial_cols=16)
             self.introduced = 0
             self.live = []
 

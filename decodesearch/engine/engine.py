@@ -1,9 +1,12 @@
 """The branching engine: prefill, fork, extend, decode, rewind, logprobs, release over one HF model.
 
-Every token of a live branch has its KV (and final hidden state) in the store exactly once:
-`fork` copies rows, `rewind` masks columns, and nothing already forwarded is forwarded again.
-Next-token logits are computed on demand from the stored final hidden state of a branch's last
-token, so a rewound branch has its logits without a forward.
+Every token of a live branch has its KV (and final hidden state) in the store exactly once, in
+its own row, densely: token i of a branch sits in column i. A forward writes each row's new
+columns at that row's own end (a scatter), so rows of very different lengths share one call
+without leaving holes; `fork` copies rows, `rewind` only shortens a branch (later columns are
+overwritten), and nothing already forwarded is forwarded again. Next-token logits are computed on
+demand from the stored final hidden state of a branch's last token, so a rewound branch has its
+logits without a forward.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from typing import Sequence
 
 import torch
 
-from decodesearch.engine.sampling import GREEDY, Sampler, Stop
+from decodesearch.engine.sampling import GREEDY, Sampler, Stop, sample_rows
 from decodesearch.engine.store import BranchKVStore, CallContext
 from decodesearch.kernels import score
 
@@ -40,9 +43,13 @@ class EngineStats:
     forward_calls: int = 0
     rows_copied: int = 0
     bytes_copied: int = 0
-    compactions: int = 0
     peak_rows: int = 0
     peak_kv_bytes: int = 0
+    # KV cells read by the forwards' queries: rows x the call's column extent, summed over calls
+    # (`attended_cells`), and the part of them that held the rows' own tokens (`valid_cells`).
+    # Their ratio is the cost of sharing one call between rows of different lengths.
+    attended_cells: int = 0
+    valid_cells: int = 0
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -51,9 +58,10 @@ class EngineStats:
 class Branch:
     """A handle on one token sequence whose KV lives in an `Engine`.
 
-    `tokens` is the whole sequence (prompt included); `start` is the prompt length, which `rewind`
-    never goes below; `text` decodes `tokens[start:]`. `token_logprobs[i]` is the model's log-prob
-    (untempered) of a sampled token `tokens[i]`, None for teacher-forced ones. Do not mutate either.
+    `tokens` is the whole sequence (prompt included), every token's KV at column `i` of the
+    branch's row; `start` is the prompt length, which `rewind` never goes below; `text` decodes
+    `tokens[start:]`. `token_logprobs[i]` is the model's log-prob (untempered) of a sampled token
+    `tokens[i]`, None for teacher-forced ones. Do not mutate either.
     """
 
     def __init__(self, engine: "Engine", row: int, tokens: list[int], start: int, seed: int):
@@ -65,18 +73,12 @@ class Branch:
         self.seed = seed
         self.stop_reason: str | None = None
         self.released = False
-        self._cols: list[int] = []  # the store column of each token, ascending
         self._forks = 0
         self._generator: torch.Generator | None = None
 
     @property
     def length(self) -> int:
         return len(self.tokens)
-
-    @property
-    def _end(self) -> int:
-        """The first store column after this branch's last token (0 when it holds none)."""
-        return self._cols[-1] + 1 if self._cols else 0
 
     @property
     def new_tokens(self) -> list[int]:
@@ -97,6 +99,18 @@ class Branch:
         return f"Branch({state}, length={self.length}, start={self.start}, stop={self.stop_reason})"
 
 
+class DecodeRow:
+    """One branch inside a decode: its token budget `limit`, its `sampler` and `stop` rule, the
+    EOS ids in force, the tokens it added so far (`out`) and, once it stopped, `stop_reason`."""
+
+    __slots__ = ("branch", "limit", "sampler", "stop", "eos", "out", "stop_reason")
+
+    def __init__(self, branch: Branch, limit: int, sampler: Sampler, stop: Stop, eos: frozenset[int]):
+        self.branch, self.limit, self.sampler, self.stop, self.eos = branch, limit, sampler, stop, eos
+        self.out: list[int] = []
+        self.stop_reason: str | None = None if limit else "length"
+
+
 class Engine:
     """Owns the KV memory of all branches of one model.
 
@@ -114,12 +128,9 @@ class Engine:
         max_kv_bytes: int | None = None,
         initial_cols: int = 256,
         seed: int = 0,
-        compact_below: float = 0.5,
     ):
-        if not isinstance(max_rows, int) or max_rows < 1:
+        if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1:
             raise ValueError(f"max_rows={max_rows!r} is out of range; accepted: an int >= 1")
-        if not 0.0 <= compact_below < 1.0:
-            raise ValueError(f"compact_below={compact_below!r} is out of range; accepted: [0, 1)")
         cfg = model.config
         self.model = model
         self.tokenizer = tokenizer
@@ -127,7 +138,6 @@ class Engine:
         self.lm_head = model.get_output_embeddings()
         self.max_rows = max_rows
         self.max_kv_bytes = max_kv_bytes
-        self.compact_below = compact_below
         self.max_context = int(getattr(cfg, "max_position_embeddings", 1 << 30))
         self.seed = seed
         self._roots = 0
@@ -144,7 +154,6 @@ class Engine:
         rows, cols = min(8, max_rows), max(16, initial_cols)
         self._check_bytes(rows, cols)
         self.store = BranchKVStore(cfg.num_hidden_layers, rows, cols)
-        self.valid = torch.zeros(rows, cols, dtype=torch.bool, device=self._in_device)
         self.hidden = torch.zeros(rows, cols, cfg.hidden_size, dtype=self.dtype, device=self._out_device)
         self._rows: list[Branch | None] = [None] * rows
         self._note_peaks()
@@ -159,6 +168,17 @@ class Engine:
     @torch.no_grad()
     def prefill_batch(self, prompts: Sequence[Sequence[int]], seeds: Sequence[int] | None = None) -> list[Branch]:
         """New root branches, one per prompt, prefilled in one ragged forward."""
+        out, prompts = self._new_roots(prompts, seeds)
+        try:
+            self._forward(out, prompts)
+        except BaseException:
+            for b in out:
+                self._free(b)
+            raise
+        return out
+
+    def _new_roots(self, prompts: Sequence[Sequence[int]], seeds: Sequence[int] | None) -> tuple[list[Branch], list]:
+        """Rows and handles for new root branches (nothing forwarded yet), and the checked ids."""
         prompts = [self._check_ids(ids, "ids") for ids in prompts]
         if not prompts:
             raise ValueError("prompts must contain at least one token list")
@@ -175,19 +195,13 @@ class Engine:
             self._rows[row] = b
             out.append(b)
         self._note_peaks()
-        try:
-            self._forward(out, prompts)
-        except BaseException:
-            for b in out:
-                self._free(b)
-            raise
-        return out
+        return out, prompts
 
     @torch.no_grad()
     def fork(self, branch: Branch, n: int) -> list[Branch]:
         """`n` new branches with `branch`'s exact state (tokens, KV, logits). A row copy, no forward."""
         self._check_live([branch])
-        if not isinstance(n, int) or n < 1:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"n={n!r} is out of range; accepted: an int >= 1")
         rows = self._alloc_rows(n)
         children = []
@@ -202,20 +216,21 @@ class Engine:
         return children
 
     def _copy_state(self, branch: Branch, children: list[Branch]) -> None:
-        """Give each child `branch`'s KV, final hidden states and validity (one kv_copy launch)."""
-        rows, src, ncols = [c.row for c in children], branch.row, branch._end
+        """Give each child `branch`'s KV and final hidden states (one kv_copy launch)."""
+        rows, src, ncols = [c.row for c in children], branch.row, branch.length
         self.store.copy_rows([src] * len(rows), rows, ncols)
-        idx = torch.tensor(rows, device=self._in_device)
-        self.valid[idx] = self.valid[src].clone()
-        self.hidden[idx.to(self._out_device), :ncols] = self.hidden[src, :ncols].clone()
-        for child in children:
-            child._cols = list(branch._cols)
+        idx = torch.tensor(rows, device=self._out_device)
+        self.hidden[idx, :ncols] = self.hidden[src, :ncols].clone()
         self.stats.rows_copied += len(rows)
         self.stats.bytes_copied += len(rows) * ncols * self.cell_bytes
 
     @torch.no_grad()
     def extend(self, branches: Sequence[Branch], ids_per_branch: Sequence[Sequence[int]]) -> None:
         """Teacher-force `ids_per_branch[i]` onto `branches[i]` (ragged), in one forward over the new tokens."""
+        branches, ids = self._check_extend(branches, ids_per_branch)
+        self._forward(branches, ids)
+
+    def _check_extend(self, branches, ids_per_branch) -> tuple[list[Branch], list[list[int]]]:
         branches = list(branches)
         self._check_live(branches)
         if len(ids_per_branch) != len(branches):
@@ -225,72 +240,86 @@ class Engine:
         ids = [self._check_ids(x, "ids_per_branch") for x in ids_per_branch]
         for b, x in zip(branches, ids):
             self._check_context(b.length, len(x))
-        self._forward(branches, ids)
-        for b in branches:
             b.stop_reason = None
+        return branches, ids
 
     @torch.no_grad()
     def decode(
         self,
         branches: Sequence[Branch],
         max_new_tokens: int | Sequence[int],
-        sampler: Sampler = GREEDY,
-        stop: Stop | None = None,
+        sampler: Sampler | Sequence[Sampler] = GREEDY,
+        stop: Stop | Sequence[Stop] | None = None,
     ) -> list[list[int]]:
-        """Sample up to `max_new_tokens` (one int, or one per branch) per branch, all live branches
-        in one forward per step.
+        """Sample up to `max_new_tokens` per branch, all live branches in one forward per step.
+        `max_new_tokens`, `sampler` and `stop` are each one value for all branches or one per branch.
 
         Each branch stops on its own: `eos` (the EOS id is not appended), `stop_string` (kept),
         `length` or `context`. Returns the new tokens of each branch; sets `stop_reason`.
         """
+        rows = self.decode_rows(branches, max_new_tokens, sampler, stop)
+        live = [r for r in rows if r.stop_reason is None]
+        while live:
+            step = self.sample_step(live)
+            if step:
+                self._forward([r.branch for r, _, _ in step], [[t] for _, t, _ in step], [[lp] for _, _, lp in step])
+            live = [r for r in live if r.stop_reason is None]
+        return [r.out for r in rows]
+
+    def decode_rows(self, branches, max_new_tokens, sampler=GREEDY, stop=None) -> list[DecodeRow]:
+        """Checked `DecodeRow`s for `decode`'s arguments (a branch with a budget of 0 has stopped)."""
         branches = list(branches)
         self._check_live(branches)
-        limits = [max_new_tokens] * len(branches) if isinstance(max_new_tokens, int) else list(max_new_tokens)
-        if len(limits) != len(branches) or any(not isinstance(m, int) or m < 0 for m in limits):
+        n = len(branches)
+        limits = [max_new_tokens] * n if isinstance(max_new_tokens, int) else list(max_new_tokens)
+        if len(limits) != n or any(isinstance(m, bool) or not isinstance(m, int) or m < 0 for m in limits):
             raise ValueError(
                 f"max_new_tokens={max_new_tokens!r} is out of range; accepted: an int >= 0, or one per branch"
             )
-        stop = stop or Stop()
-        eos = self.eos_ids if stop.eos_ids is None else stop.eos_ids
-        window = max((len(s) for s in stop.strings), default=0) + 2
-        new: list[list[int]] = [[] for _ in branches]
-        for b, m in zip(branches, limits):
-            b.stop_reason = None if m else "length"
-        live = [i for i, m in enumerate(limits) if m]
-        while live:
-            bs = [branches[i] for i in live]
-            logits = self._logits(bs)
-            gens = [] if sampler.greedy else [b.generator for b in bs]
-            picked = sampler.sample(logits, gens)
-            chosen_lp = score(logits, picked[:, None].to(logits.device), check_ids=False)[1][:, 0].tolist()
-            step_bs, step_ids, step_lps, still = [], [], [], []
-            for i, b, tok, lp in zip(live, bs, picked.tolist(), chosen_lp):
-                if tok in eos:
-                    b.stop_reason = "eos"
-                    continue
-                new[i].append(tok)
-                step_bs.append(b)
-                step_ids.append([tok])
-                step_lps.append([lp])
-                if len(new[i]) >= limits[i]:
-                    b.stop_reason = "length"
+        samplers = [sampler] * n if isinstance(sampler, Sampler) else list(sampler)
+        stops = [stop] * n if stop is None or isinstance(stop, Stop) else list(stop)
+        if len(samplers) != n or not all(isinstance(s, Sampler) for s in samplers):
+            raise ValueError("sampler must be a Sampler or one Sampler per branch")
+        if len(stops) != n or not all(s is None or isinstance(s, Stop) for s in stops):
+            raise ValueError("stop must be a Stop, None, or one per branch")
+        rows = []
+        for b, m, smp, st in zip(branches, limits, samplers, stops):
+            st = st or _NO_STOP
+            rows.append(DecodeRow(b, m, smp, st, self.eos_ids if st.eos_ids is None else st.eos_ids))
+            b.stop_reason = rows[-1].stop_reason
+        return rows
+
+    def sample_step(self, rows: Sequence[DecodeRow]) -> list[tuple[DecodeRow, int, float]]:
+        """Pick one token for each row (all rows' logits in one pass); mark rows that stop. Returns
+        (row, token, model log-prob) for every token to forward: all picks except EOS. The caller
+        forwards them (with `_forward`) before the next step."""
+        bs = [r.branch for r in rows]
+        logits = self._logits(bs)
+        picked = sample_rows(logits, [r.sampler for r in rows], [None if r.sampler.greedy else b.generator for r, b in zip(rows, bs)])
+        chosen_lp = score(logits, picked[:, None].to(logits.device), check_ids=False)[1][:, 0].tolist()
+        step = []
+        for r, tok, lp in zip(rows, picked.tolist(), chosen_lp):
+            b = r.branch
+            if tok in r.eos:
+                r.stop_reason = "eos"
+            else:
+                r.out.append(tok)
+                step.append((r, tok, lp))
+                if len(r.out) >= r.limit:
+                    r.stop_reason = "length"
                 elif b.length + 1 >= self.max_context:
-                    b.stop_reason = "context"
-                elif stop.strings and _has_stop(self.tokenizer, new[i][-window:], stop.strings):
-                    b.stop_reason = "stop_string"
-                else:
-                    still.append(i)
-            if step_bs:
-                self._forward(step_bs, step_ids, step_lps)
-            live = still
-        return new
+                    r.stop_reason = "context"
+                elif r.stop.hit(self.tokenizer, r.out):
+                    r.stop_reason = "stop_string"
+            b.stop_reason = r.stop_reason
+        return step
 
     @torch.no_grad()
     def rewind(self, branch: Branch, n: int) -> None:
-        """Drop the last `n` tokens of `branch` (masks their columns; no forward, no copy)."""
+        """Drop the last `n` tokens of `branch` (no forward, no copy: its row just ends earlier)."""
         self._check_live([branch])
         limit = branch.length - branch.start
-        if not isinstance(n, int) or not 0 <= n <= limit:
+        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= limit:
             raise ValueError(f"n={n!r} is out of range for this branch; accepted: 0..{limit} (tokens after its prompt)")
         if n == 0:
             return
@@ -300,10 +329,8 @@ class Engine:
         self._drop_columns(branch, n)
 
     def _drop_columns(self, branch: Branch, n: int) -> None:
-        """Mask the store columns of `branch`'s last `n` tokens."""
-        dropped = branch._cols[-n:]
-        del branch._cols[-n:]
-        self.valid[branch.row, torch.tensor(dropped, device=self._in_device)] = False
+        """Hook for a rewind of `n` tokens: the store needs nothing (the row's columns past its new
+        length are overwritten by the next forward)."""
 
     @torch.no_grad()
     def logits(self, branches: Sequence[Branch]) -> torch.Tensor:
@@ -338,6 +365,11 @@ class Engine:
         return [b for b in self._rows if b is not None]
 
     @property
+    def free_rows(self) -> int:
+        """Rows that can still be allocated under `max_rows`."""
+        return self.max_rows - sum(b is not None for b in self._rows)
+
+    @property
     def kv_bytes(self) -> int:
         """Bytes allocated for the store at its current capacity."""
         return self.store.row_capacity * self.store.col_capacity * self.cell_bytes
@@ -345,72 +377,53 @@ class Engine:
     # ------------------------------------------------------------------ internals
 
     def _forward(self, branches: list[Branch], ids: list[list[int]], logprobs: list[list[float]] | None = None) -> None:
+        """One forward over `ids[i]` appended to `branches[i]` (ragged). Each row's new columns are
+        written at its own end; queries attend to the row's own earlier columns only."""
         order = sorted(range(len(branches)), key=lambda i: branches[i].row)
         bs = [branches[i] for i in order]
         ids = [ids[i] for i in order]
         lps = [[None] * len(x) for x in ids] if logprobs is None else [logprobs[i] for i in order]
         lens = [len(x) for x in ids]
+        ends = [b.length for b in bs]
         q = max(lens)
-        col0 = self._prepare_columns(bs, q)
+        extent = max(ends) + q
+        self._reserve_columns(extent)
         rows = [b.row for b in bs]
         contiguous = rows[-1] - rows[0] == len(rows) - 1
         sel = slice(rows[0], rows[-1] + 1) if contiguous else torch.tensor(rows, device=self._in_device)
-        B = len(bs)
+        dev = self._in_device
         pad = ids[0][0]
-        input_ids = torch.tensor([x + [pad] * (q - len(x)) for x in ids], device=self._in_device)
-        steps = torch.arange(q, device=self._in_device)
-        positions = torch.tensor([len(b._cols) for b in bs], device=self._in_device)[:, None] + steps
-        past = self.valid[sel, :col0]
-        allowed = torch.cat(
-            [past[:, None, :].expand(B, q, col0), torch.ones(q, q, dtype=torch.bool, device=self._in_device).tril().expand(B, q, q)],
-            dim=-1,
-        )
-        mask = torch.zeros(B, 1, q, col0 + q, dtype=self.dtype, device=self._in_device)
+        input_ids = torch.tensor([x + [pad] * (q - len(x)) for x in ids], device=dev)
+        positions = torch.tensor(ends, device=dev)[:, None] + torch.arange(q, device=dev)  # = write columns
+        # Query j of a row sees the row's columns up to its own position (dense rows: all valid).
+        allowed = torch.arange(extent, device=dev)[None, None, :] <= positions[:, :, None]
+        mask = torch.zeros(len(bs), 1, q, extent, dtype=self.dtype, device=dev)
         mask.masked_fill_(~allowed[:, None], torch.finfo(self.dtype).min)
-        self.store.call = CallContext(sel, col0, q)
+        row_idx = torch.tensor(rows, device=dev)[:, None]
+        self.store.call = CallContext(sel, row_idx, positions, extent)
         try:
-            out = self.decoder(
-                input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=self.store, use_cache=True
-            )
+            out = self.decoder(input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=self.store,
+                               use_cache=True)
         finally:
             self.store.call = None
-        hsel = sel if isinstance(sel, slice) else sel.to(self._out_device)
-        self.hidden[hsel, col0 : col0 + q] = out.last_hidden_state.to(self._out_device)
-        self.valid[sel, col0 : col0 + q] = steps[None, :] < torch.tensor(lens, device=self._in_device)[:, None]
+        od = self._out_device
+        self.hidden[row_idx.to(od), positions.to(od)] = out.last_hidden_state.to(od)
         for b, x, lp in zip(bs, ids, lps):
-            b._cols.extend(range(col0, col0 + len(x)))
             b.tokens.extend(x)
             b.token_logprobs.extend(lp)
         self.stats.tokens_forwarded += sum(lens)
         self.stats.forward_calls += 1
+        self.stats.attended_cells += len(bs) * extent
+        self.stats.valid_cells += sum(e + n for e, n in zip(ends, lens))
 
-    def _prepare_columns(self, bs: list[Branch], q: int) -> int:
-        """The write offset for a call over `bs` adding `q` columns; compacts or grows as needed."""
-        col0 = max(b._end for b in bs)
-        used = sum(len(b._cols) for b in bs)
-        sparse = col0 > 64 and used < self.compact_below * len(bs) * col0
-        if sparse or col0 + q > self.store.col_capacity:
-            holed = [b for b in bs if b._end > len(b._cols)]
-            if holed:
-                self._compact(holed)
-                col0 = max(b._end for b in bs)
-        if col0 + q > self.store.col_capacity:
-            cols = self.store.col_capacity
-            while cols < col0 + q:
-                cols *= 2
-            self._grow(self.store.row_capacity, cols)
-        return col0
-
-    def _compact(self, bs: list[Branch]) -> None:
-        self.store.compact_rows([b.row for b in bs], [b._cols for b in bs])
-        for b in bs:
-            n = len(b._cols)
-            cols = torch.tensor(b._cols, device=self._out_device)
-            self.hidden[b.row, :n] = self.hidden[b.row, cols]
-            self.valid[b.row] = False
-            self.valid[b.row, :n] = True
-            b._cols = list(range(n))
-        self.stats.compactions += 1
+    def _reserve_columns(self, extent: int) -> None:
+        """Grow the store (doubling) until it holds `extent` columns."""
+        cols = self.store.col_capacity
+        if extent <= cols:
+            return
+        while cols < extent:
+            cols *= 2
+        self._grow(self.store.row_capacity, cols)
 
     def _alloc_rows(self, n: int) -> list[int]:
         live = sum(b is not None for b in self._rows)
@@ -436,11 +449,9 @@ class Engine:
     def _grow(self, rows: int, cols: int) -> None:
         self._check_bytes(rows, cols)
         self.store.grow(rows, cols)
-        valid = self.valid.new_zeros(rows, cols)
-        valid[: self.valid.shape[0], : self.valid.shape[1]] = self.valid
         hidden = self.hidden.new_zeros(rows, cols, self.hidden.shape[2])
         hidden[: self.hidden.shape[0], : self.hidden.shape[1]] = self.hidden
-        self.valid, self.hidden = valid, hidden
+        self.hidden = hidden
         self._rows += [None] * (rows - len(self._rows))
         self._note_peaks()
 
@@ -453,14 +464,12 @@ class Engine:
             )
 
     def _free(self, b: Branch) -> None:
-        self.valid[b.row] = False
         self._rows[b.row] = None
         b.released = True
-        b._cols = []
 
     def _logits(self, bs: list[Branch]) -> torch.Tensor:
         rows = torch.tensor([b.row for b in bs], device=self._out_device)
-        cols = torch.tensor([b._cols[-1] for b in bs], device=self._out_device)
+        cols = torch.tensor([b.length - 1 for b in bs], device=self._out_device)
         return self.lm_head(self.hidden[rows, cols]).float()
 
     def _note_peaks(self) -> None:
@@ -500,6 +509,9 @@ class Engine:
             )
 
 
+_NO_STOP = Stop()
+
+
 def _free_run(rows: list, n: int) -> int | None:
     """Start of the lowest run of `n` consecutive free rows, or None."""
     count = 0
@@ -508,11 +520,6 @@ def _free_run(rows: list, n: int) -> int | None:
         if count == n:
             return i - n + 1
     return None
-
-
-def _has_stop(tokenizer, tail: list[int], strings: tuple[str, ...]) -> bool:
-    text = tokenizer.decode(tail, skip_special_tokens=False)
-    return any(s in text for s in strings)
 
 
 def _model_eos_ids(model, tokenizer) -> frozenset[int]:

@@ -8,6 +8,7 @@ the batch.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import torch
 
@@ -41,40 +42,70 @@ class Sampler:
 
     def probs(self, logits: torch.Tensor) -> torch.Tensor:
         """Filtered next-token distribution, `[B, V]` fp32 (rows sum to 1)."""
-        logits = logits.float() / self.temperature
-        if self.top_k and self.top_k < logits.shape[-1]:
-            kth = torch.topk(logits, self.top_k, dim=-1).values[:, -1:]
-            logits = logits.masked_fill(logits < kth, float("-inf"))
-        probs = torch.softmax(logits, dim=-1)
-        if self.top_p < 1.0:
-            sorted_p, order = torch.sort(probs, dim=-1, descending=True)
-            before = torch.cumsum(sorted_p, dim=-1) - sorted_p  # mass strictly above each token
-            drop = torch.empty_like(before, dtype=torch.bool).scatter(-1, order, before >= self.top_p)
-            probs = probs.masked_fill(drop, 0.0)
-        if self.min_p > 0.0:
-            probs = probs.masked_fill(probs < self.min_p * probs.max(dim=-1, keepdim=True).values, 0.0)
-        return probs / probs.sum(dim=-1, keepdim=True)
+        return filtered_probs(logits, [self] * logits.shape[0])
 
     def sample(self, logits: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
         """One token id per row of `logits` `[B, V]`; row i draws from `generators[i]`. Returns `[B]` int64."""
-        if self.greedy:
-            return logits.argmax(dim=-1)
-        return self.draw(self.probs(logits), generators)
-
-    def draw(self, probs: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
-        """One token id per row of `probs` `[B, V]` (a `probs()` result; row i draws from
-        `generators[i]`, one uniform per row). Returns `[B]` int64."""
-        u = torch.stack([torch.rand((), generator=g, dtype=torch.float64) for g in generators])
-        cdf = torch.cumsum(probs.double(), dim=-1)
-        target = (u.to(cdf.device) * cdf[:, -1]).unsqueeze(-1)
-        ids = torch.searchsorted(cdf, target, right=True).squeeze(-1)
-        # searchsorted can land on a zero-probability tail token when u*total rounds to the total.
-        ids = ids.clamp_max(probs.shape[-1] - 1)
-        bad = probs.gather(-1, ids.unsqueeze(-1)).squeeze(-1) == 0
-        return torch.where(bad, probs.argmax(dim=-1), ids)  # no host sync to test `bad`
+        return sample_rows(logits, [self] * logits.shape[0], generators)
 
 
 GREEDY = Sampler(temperature=0.0)
+
+
+def filtered_probs(logits: torch.Tensor, samplers: Sequence[Sampler]) -> torch.Tensor:
+    """Row i's filtered distribution under `samplers[i]`, `[B, V]` fp32, for all rows at once
+    (per-row temperature, top-k, top-p, min-p as tensors; no loop over rows). A greedy row is
+    filtered at temperature 1. Each row's result does not depend on the other rows."""
+    B, V = logits.shape
+    dev = logits.device
+    temp = torch.tensor([s.temperature or 1.0 for s in samplers], device=dev, dtype=torch.float32)
+    x = logits.float() / temp[:, None]
+    ks = [s.top_k if s.top_k < V else 0 for s in samplers]
+    if any(ks):
+        kmax = max(ks)
+        k = torch.tensor([max(kk, 1) for kk in ks], device=dev)
+        kth = torch.topk(x, kmax, dim=-1).values.gather(-1, (k - 1)[:, None])
+        kth = torch.where(torch.tensor(ks, device=dev)[:, None] > 0, kth, torch.full_like(kth, float("-inf")))
+        x = x.masked_fill(x < kth, float("-inf"))
+    probs = torch.softmax(x, dim=-1)
+    if any(s.top_p < 1.0 for s in samplers):
+        top_p = torch.tensor([s.top_p if s.top_p < 1.0 else 2.0 for s in samplers], device=dev)  # 2: never drops
+        sorted_p, order = torch.sort(probs, dim=-1, descending=True)
+        before = torch.cumsum(sorted_p, dim=-1) - sorted_p  # mass strictly above each token
+        drop = torch.empty_like(before, dtype=torch.bool).scatter(-1, order, before >= top_p[:, None])
+        probs = probs.masked_fill(drop, 0.0)
+    if any(s.min_p > 0.0 for s in samplers):
+        min_p = torch.tensor([s.min_p for s in samplers], device=dev)
+        probs = probs.masked_fill(probs < min_p[:, None] * probs.max(dim=-1, keepdim=True).values, 0.0)
+    return probs / probs.sum(dim=-1, keepdim=True)
+
+
+def draw(probs: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
+    """One token id per row of `probs` `[B, V]` (a `filtered_probs` result; row i draws from
+    `generators[i]`, one uniform per row). Returns `[B]` int64."""
+    u = torch.stack([torch.rand((), generator=g, dtype=torch.float64) for g in generators])
+    cdf = torch.cumsum(probs.double(), dim=-1)
+    target = (u.to(cdf.device) * cdf[:, -1]).unsqueeze(-1)
+    ids = torch.searchsorted(cdf, target, right=True).squeeze(-1)
+    # searchsorted can land on a zero-probability tail token when u*total rounds to the total.
+    ids = ids.clamp_max(probs.shape[-1] - 1)
+    bad = probs.gather(-1, ids.unsqueeze(-1)).squeeze(-1) == 0
+    return torch.where(bad, probs.argmax(dim=-1), ids)  # no host sync to test `bad`
+
+
+def sample_rows(logits: torch.Tensor, samplers: Sequence[Sampler],
+                generators: Sequence[torch.Generator | None]) -> torch.Tensor:
+    """One token id per row of `logits` `[B, V]`, row i under `samplers[i]` drawing from
+    `generators[i]` (None for greedy rows). Returns `[B]` int64."""
+    picked = logits.argmax(dim=-1)
+    drawn = [i for i, s in enumerate(samplers) if not s.greedy]
+    if drawn:
+        if len(drawn) == len(samplers):
+            return draw(filtered_probs(logits, samplers), list(generators))
+        idx = torch.tensor(drawn, device=logits.device)
+        probs = filtered_probs(logits[idx], [samplers[i] for i in drawn])
+        picked[idx] = draw(probs, [generators[i] for i in drawn])
+    return picked
 
 
 @dataclass(frozen=True)
@@ -84,6 +115,15 @@ class Stop:
 
     eos_ids: frozenset[int] | None = None
     strings: tuple[str, ...] = field(default_factory=tuple)
+
+    def hit(self, tokenizer, new_tokens: Sequence[int]) -> bool:
+        """Whether a stop string occurs in the text of the last tokens of `new_tokens` (the new
+        tokens only, never the prompt; a window of the longest string's length + 2 tokens)."""
+        if not self.strings:
+            return False
+        window = max(map(len, self.strings)) + 2
+        text = tokenizer.decode(list(new_tokens[-window:]), skip_special_tokens=False)
+        return any(s in text for s in self.strings)
 
     def __post_init__(self):
         if isinstance(self.strings, str):

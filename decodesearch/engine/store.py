@@ -1,9 +1,10 @@
 """The branch KV store: preallocated per-layer buffers, one row per branch, plugged into HF as a `Cache`.
 
-Layout per layer: keys and values `[row_capacity, kv_heads, col_capacity, head_dim]`. A forward call
-writes its `q` new columns at the same column offset `col0` for every row in the call and attends
-over columns `[0, col0 + q)`; which of those a row may see is the engine's business (a 4-D mask).
-Capacity grows by doubling; the buffers are never concatenated per step.
+Layout per layer: keys and values `[row_capacity, kv_heads, col_capacity, head_dim]`; token i of a
+branch sits in column i of its row. A forward call writes each row's `q` new columns at that row's
+own end (a scatter by `CallContext.cols`) and attends over columns `[0, extent)`, the longest row
+in the call; which of those a row may see is the engine's business (a 4-D mask). Capacity grows
+by doubling; the buffers are never concatenated per step.
 """
 
 from __future__ import annotations
@@ -13,17 +14,20 @@ from dataclasses import dataclass
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
-from decodesearch.kernels import kv_copy, kv_gather
+from decodesearch.kernels import kv_copy
 
 
 @dataclass
 class CallContext:
-    """Where the current forward writes: `rows` (a slice when contiguous, else an index tensor on the
-    model's input device)."""
+    """Where the current forward writes and reads. `rows`: the call's rows (a slice when contiguous,
+    else an index tensor); `row_index` `[B, 1]` and `cols` `[B, q]`: the column each new token of each
+    row is written to; `extent`: the columns `[0, extent)` the call attends over. Tensors are on the
+    model's input device."""
 
     rows: slice | torch.Tensor
-    col0: int
-    q: int
+    row_index: torch.Tensor
+    cols: torch.Tensor
+    extent: int
 
 
 class BranchLayer(CacheLayerMixin):
@@ -54,19 +58,18 @@ class BranchLayer(CacheLayerMixin):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         call = self.store.call
-        end = call.col0 + call.q
-        rows = call.rows
-        if isinstance(rows, torch.Tensor):
-            rows = rows.to(self.keys.device)  # a no-op unless layers sit on several devices
-        self.keys[rows, :, call.col0 : end] = key_states
-        self.values[rows, :, call.col0 : end] = value_states
-        return self.keys[rows, :, :end], self.values[rows, :, :end]
+        dev = self.keys.device  # .to() below is a no-op unless layers sit on several devices
+        rows = call.rows.to(dev) if isinstance(call.rows, torch.Tensor) else call.rows
+        ri, ci = call.row_index.to(dev), call.cols.to(dev)
+        self.keys[ri, :, ci] = key_states.transpose(1, 2)  # [B, q, heads, head_dim] at (row, its column)
+        self.values[ri, :, ci] = value_states.transpose(1, 2)
+        return self.keys[rows, :, : call.extent], self.values[rows, :, : call.extent]
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
-        return self.store.call.col0 + query_length, 0
+        return self.store.call.extent, 0
 
     def get_seq_length(self) -> int:
-        return self.store.call.col0 if self.store.call is not None else 0
+        return self.store.call.extent - self.store.call.cols.shape[1] if self.store.call is not None else 0
 
     def get_max_length(self) -> int:
         return -1
@@ -106,11 +109,3 @@ class BranchKVStore(Cache):
         """Copy columns [0, ncols) of rows `src[i]` to rows `dst[i]` in every layer (one launch per device)."""
         for ks, vs in self._by_device().values():
             kv_copy(ks, vs, src, dst, ncols)  # host lists: the kernels validate on the host anyway
-
-    def compact_rows(self, rows: list[int], cols: list[list[int]]) -> None:
-        """Left-pack each row: new column j of `rows[i]` = old column `cols[i][j]` (ascending, unique)."""
-        width = max(len(c) for c in cols)
-        index = [c + [c[-1] if c else 0] * (width - len(c)) for c in cols]
-        counts = [len(c) for c in cols]
-        for ks, vs in self._by_device().values():
-            kv_gather(ks, vs, rows, index, counts)
