@@ -88,6 +88,8 @@ def _args_strategy(parser: argparse.ArgumentParser) -> None:
         g.add_argument("--" + flag.replace("_", "-"), type=kind, default=None)
     _args_model(g)
     g.add_argument("--max-rows", type=int, default=64, help="engine: most live branches (default 64)")
+    g.add_argument("--concurrency", type=int, default=None,
+                   help="most searches (prompts, problems) in flight at once (default: as many as --max-rows admits)")
 
 
 def _args_model(parser) -> None:
@@ -162,7 +164,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     strategy = build_strategy(args.strategy, strategy_options(args))
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
     engine = Engine(model, tokenizer, max_rows=args.max_rows)
-    for result in strategy.run(engine, args.prompts):
+    for result in strategy.run(engine, args.prompts, concurrency=args.concurrency):
         print(f"prompt: {result.prompt}")
         print(f"answer: {result.answer}")
         print(f"text:\n{result.text}")
@@ -212,7 +214,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=device)
     engine = Engine(model, tokenizer, max_rows=args.max_rows)
     run_bench(engine, strategy, problems, args.out, config, rank=state.process_index,
-              world_size=state.num_processes, progress=not args.quiet)
+              world_size=state.num_processes, progress=not args.quiet, concurrency=args.concurrency)
     if state.num_processes > 1:
         state.wait_for_everyone()
         if state.is_main_process:

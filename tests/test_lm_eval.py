@@ -70,7 +70,7 @@ def _engine_greedy(lm, context, max_tokens, stop=()):
     """What the engine alone generates greedily for `context` (its own fresh Engine)."""
     ids = lm.tokenizer(context)["input_ids"]
     strat = make_strategy("greedy", max_tokens=max_tokens, stop=Stop(strings=tuple(stop)))
-    return strat.run_ids(Engine(lm.model, lm.tokenizer), ids, context), len(ids)
+    return strat.run_ids(Engine(lm.model, lm.tokenizer), [ids], [context])[0], len(ids)
 
 
 def test_registered_under_decodesearch():

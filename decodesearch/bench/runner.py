@@ -1,7 +1,11 @@
 """Run a strategy over a dataset into a resumable results file (`decodesearch bench`).
 
-Each finished problem is appended and flushed at once, so an interrupted run loses nothing and a
-rerun of the same command skips the finished ids. Under `accelerate launch` (more than one
+The problems run concurrently on one engine (`Strategy.stream`: continuous batching, the next
+problem starts as soon as one finishes). Each finished problem is appended and fsynced at once,
+so an interrupted run loses nothing and a rerun of the same command skips the finished ids. A
+problem whose search raised is recorded with its error (`"error"`, not correct) and the others go
+on. Problem i of the dataset is seeded `derive_seed(seed, i)` whatever the
+concurrency, the sharding or the resume point. Under `accelerate launch` (more than one
 process), problems are dealt round-robin to ranks, each rank writes its own shard
 (`run.rank{i}.jsonl`) and rank 0 merges the shards into the requested file.
 """
@@ -15,7 +19,7 @@ from typing import Sequence
 
 from decodesearch.bench.datasets import Problem
 from decodesearch.bench.results import merge_shards, open_results, read_results, shard_path
-from decodesearch.engine import Engine
+from decodesearch.engine import Engine, derive_seed
 from decodesearch.scoring.answers import check_answer
 from decodesearch.strategies import SearchResult, Strategy
 
@@ -59,28 +63,38 @@ def to_record(problem: Problem, result: SearchResult) -> dict:
 
 
 class Progress:
-    """A one-line progress bar on stderr with the running accuracy and an ETA."""
+    """A one-line progress bar on stderr: problems done, running accuracy, generated tokens/s, engine
+    rows in use, ETA."""
 
     def __init__(self, total: int, done: int = 0, correct: int = 0, label: str = ""):
         self.total, self.done, self.correct, self.label = total, done, correct, label
-        self.t0, self.new = time.perf_counter(), 0
+        self.t0, self.new, self.tokens = time.perf_counter(), 0, 0
 
-    def update(self, correct: bool) -> None:
+    def update(self, correct: bool, tokens: int, rows: int) -> None:
         self.done += 1
         self.new += 1
         self.correct += bool(correct)
-        per = (time.perf_counter() - self.t0) / self.new
+        self.tokens += tokens
+        elapsed = time.perf_counter() - self.t0
         width = 24
         fill = int(width * self.done / max(1, self.total))
-        eta = per * (self.total - self.done)
+        eta = elapsed / self.new * (self.total - self.done)
         sys.stderr.write(
             f"\r{self.label}[{'#' * fill}{'.' * (width - fill)}] {self.done}/{self.total} "
-            f"acc {100 * self.correct / self.done:5.1f}% | {per:5.1f} s/problem | eta {eta / 60:4.1f} min "
+            f"acc {100 * self.correct / self.done:5.1f}% | {self.tokens / max(elapsed, 1e-9):6.1f} tok/s | "
+            f"rows in use {rows} | eta {eta / 60:4.1f} min "
         )
         sys.stderr.flush()
 
     def close(self) -> None:
         sys.stderr.write("\n")
+
+
+def error_record(problem: Problem, error: BaseException, strategy: str) -> dict:
+    """The record of a problem whose search raised: not correct, with the error text."""
+    return {"id": problem.id, "problem": problem.problem, "gold": problem.answer, "kind": problem.kind,
+            "answer": None, "correct": False, "samples": [], "tokens_generated": 0, "tokens_forwarded": 0,
+            "wall_s": 0.0, "strategy": strategy, "error": f"{type(error).__name__}: {error}"}
 
 
 def run_bench(
@@ -93,31 +107,38 @@ def run_bench(
     rank: int = 0,
     world_size: int = 1,
     progress: bool = True,
+    concurrency: int | None = None,
 ) -> int:
-    """Solve each problem not yet in `out` (or this rank's shard of it) and append its record.
-    Returns the number of problems solved in this call. A configuration that differs from the
-    file's header is refused (ValueError naming the keys) before anything runs."""
+    """Solve each problem not yet in `out` (or this rank's shard of it), `concurrency` at a time
+    (None: as many as the engine's rows admit), and append each record as it finishes. Returns
+    the number of problems solved in this call. A configuration that differs from the file's
+    header is refused (ValueError naming the keys) before anything runs."""
     path = out if world_size == 1 else shard_path(out, rank)
     merged = set()
     if world_size > 1 and Path(out).exists():  # a resumed sharded run: skip what was merged already
         merged = {r["id"] for r in read_results(out)[1]}
-    mine = [p for i, p in enumerate(problems) if i % world_size == rank and p.id not in merged]
-    mine_ids = {p.id for p in mine}
+    base = strategy.seed if strategy.seed is not None else engine.seed
+    mine = [(i, p) for i, p in enumerate(problems) if i % world_size == rank and p.id not in merged]
+    mine_ids = {p.id for _, p in mine}
     solved = 0
     with open_results(path, config, ignore_keys=RESUME_IGNORES) as results:
-        todo = [p for p in mine if p.id not in results]
+        todo = [(i, p) for i, p in mine if p.id not in results]
         done = [r for r in results.records if r["id"] in mine_ids]
         bar = Progress(len(mine), len(done), sum(bool(r.get("correct")) for r in done),
                        label=f"rank {rank} " if world_size > 1 else "") if progress else None
+        ids = [strategy.prompt_format.encode(engine.tokenizer, p.problem) for _, p in todo]
+        stream = strategy.stream(engine, ids, [p.problem for _, p in todo],
+                                 seeds=[derive_seed(base, i) for i, _ in todo], concurrency=concurrency)
         try:
-            for p in todo:
-                ids = strategy.prompt_format.encode(engine.tokenizer, p.problem)
-                record = to_record(p, strategy.run_ids(engine, ids, p.problem))
+            for f in stream:
+                p = todo[f.index][1]
+                record = error_record(p, f.error, strategy.name) if f.error is not None else to_record(p, f.result)
                 results.append(record)
                 solved += 1
                 if bar:
-                    bar.update(record["correct"])
+                    bar.update(record["correct"], record["tokens_generated"], len(engine.live_branches))
         finally:
+            stream.close()
             if bar:
                 bar.close()
     return solved

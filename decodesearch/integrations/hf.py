@@ -29,13 +29,16 @@ def generate(
     *,
     engine: Engine | None = None,
     engine_kwargs: dict | None = None,
+    concurrency: int | None = None,
     **strategy_kwargs,
 ) -> list[SearchResult]:
     """Run `strategy` (a name from `STRATEGIES` with its options, or a built `Strategy`) on each
-    prompt; one `SearchResult` per prompt. An `engine` may be passed to reuse its memory."""
+    prompt; one `SearchResult` per prompt, in order. The prompts are searched concurrently on one
+    engine (`concurrency`: most searches in flight; None: as many as `max_rows` admits). An
+    `engine` may be passed to reuse its memory."""
     strat = _strategy(strategy, strategy_kwargs)
     engine = engine or Engine(model, tokenizer, **(engine_kwargs or {}))
-    return strat.run(engine, [prompts] if isinstance(prompts, str) else list(prompts))
+    return strat.run(engine, prompts, concurrency=concurrency)
 
 
 @dataclass
@@ -50,7 +53,7 @@ def hf(strategy: str | Strategy, tokenizer=None, *, engine: Engine | None = None
     """A callable for `model.generate(**inputs, custom_generate=hf(strategy, tokenizer))`.
 
     Each input row (left or right padding, read from `attention_mask`) is used as already-formatted
-    prompt ids. Returns `sequences` `[B, prompt + new]` (each row's input followed by the chosen
+    prompt ids, and the rows are searched concurrently on one engine. Returns `sequences` `[B, prompt + new]` (each row's input followed by the chosen
     sample's tokens, right-padded with the pad id); with `return_dict_in_generate=True`, a
     `SearchGenerateOutput` whose `results` hold the traces. `tokenizer` may instead be passed to
     `generate(tokenizer=...)`. Lengths and sampling come from the strategy (its `max_tokens`,
@@ -69,10 +72,8 @@ def hf(strategy: str | Strategy, tokenizer=None, *, engine: Engine | None = None
         eng = engine or Engine(model, tok, **(engine_kwargs or {}))
         if eng.model is not model:
             raise ValueError("hf(strategy, engine=...): the engine was built over another model")
-        results = []
-        for row, keep in zip(input_ids.tolist(), mask.bool().tolist()):
-            ids = [t for t, k in zip(row, keep) if k]
-            results.append(strat.run_ids(eng, ids, tok.decode(ids)))
+        rows = [[t for t, k in zip(row, keep) if k] for row, keep in zip(input_ids.tolist(), mask.bool().tolist())]
+        results = strat.run_ids(eng, rows, [tok.decode(ids) for ids in rows])
         pad = generation_config.pad_token_id if generation_config is not None else None
         if pad is None:
             pad = min(eng.eos_ids) if eng.eos_ids else 0

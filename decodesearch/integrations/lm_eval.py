@@ -33,7 +33,7 @@ Model args (strings from `--model_args`, typed from the strategy constructor's d
 
 Per request: the context (already formatted by lm-eval, chat template included when asked) is
 encoded as HFLM encodes it for generation (`tok_batch_encode`, left-truncated to
-`max_length - max_gen_toks`), searched with `strategy.run_ids`, the task's `until` strings (plus
+`max_length - max_gen_toks`), searched with `strategy.stream` (requests that share a strategy run concurrently), the task's `until` strings (plus
 EOS) stop decoding, the chosen sample's text is cut at the first stop string that is the model's
 own (one inside a text the strategy forced in, such as an IDS trigger "\\n\\nWait, ...", does not
 count: `cut_at_stop`), and `max_gen_toks` is the strategy's `max_tokens`. Loglikelihood requests
@@ -319,16 +319,17 @@ class DecodeSearchLM(HFLM):
                            "how to sample (set temperature/top_k/top_p/min_p in model_args)",
                            {k: kwargs[k] for k in names}, self.strategy_name)
 
-    def generate_one(self, context: str, until: list[str], max_gen_toks: int) -> str:
-        """Search from `context`; the chosen sample's text cut at the model's first `until` string."""
+    def encode_context(self, context: str, max_gen_toks: int) -> list[int]:
+        """The context's ids, cut from the left to leave `max_gen_toks` of the model's length."""
         max_ctx = self.max_length - max_gen_toks
         if max_ctx <= 0:
             raise ValueError(f"max_gen_toks={max_gen_toks} leaves no room for the context "
                              f"(max_length={self.max_length})")
         enc, _ = self.tok_batch_encode([context], left_truncate_len=max_ctx, truncation=self.truncation)
-        ids = enc[0].tolist() or [self.prefix_token_id]
-        strategy = self.strategy_for(max_gen_toks, until)
-        result = strategy.run_ids(self.engine, ids, context)
+        return enc[0].tolist() or [self.prefix_token_id]
+
+    def answer_text(self, result: SearchResult, until: list[str], strategy: Strategy) -> str:
+        """The chosen sample's text after any thinking block, cut at the model's first `until` string."""
         self.last_result = result
         self.requests_done += 1
         self.tokens_generated += result.tokens_generated
@@ -345,19 +346,34 @@ class DecodeSearchLM(HFLM):
         return cut_at_stop(text, until, strategy.forced_texts())
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        """One strategy search per request, in the given order; returns the texts in that order."""
+        """One strategy search per request; requests that share a strategy (the same budget and stop
+        strings) run concurrently on the engine. Returns the texts in the requests' order."""
         eot = self.eot_token_id
         eos = None if eot is None else self.tok_decode(eot, skip_special_tokens=False)
-        out = []
-        for req in tqdm(requests, disable=disable_tqdm or self.rank != 0, desc=f"decodesearch {self.strategy_name}"):
+        groups: dict[int, list[tuple[int, list[int], list[str]]]] = {}
+        strategies: dict[int, Strategy] = {}
+        for i, req in enumerate(requests):
             context, gen_kwargs = req.args
             kwargs = dict(normalize_gen_kwargs(gen_kwargs, self.max_gen_toks))
             until = handle_stop_sequences(kwargs.pop("until", None), eos=eos)
             max_gen_toks = kwargs.pop("max_gen_toks")
             self._warn_ignored(kwargs)
-            text = self.generate_one(context, until, max_gen_toks)
-            self.cache_hook.add_partial("generate_until", (context, gen_kwargs), text)
-            out.append(text)
+            strategy = self.strategy_for(max_gen_toks, until)
+            strategies[id(strategy)] = strategy
+            groups.setdefault(id(strategy), []).append((i, self.encode_context(context, max_gen_toks), until))
+        out: list[str | None] = [None] * len(requests)
+        bar = tqdm(total=len(requests), disable=disable_tqdm or self.rank != 0, desc=f"decodesearch {self.strategy_name}")
+        for key, items in groups.items():
+            strategy = strategies[key]
+            ids = [x for _, x, _ in items]
+            for f in strategy.stream(self.engine, ids, [requests[i].args[0] for i, _, _ in items]):
+                if f.error is not None:
+                    raise f.error
+                i, _, until = items[f.index]
+                out[i] = self.answer_text(f.result, until, strategy)
+                self.cache_hook.add_partial("generate_until", requests[i].args, out[i])
+                bar.update(1)
+        bar.close()
         return out
 
     def get_model_info(self) -> dict:

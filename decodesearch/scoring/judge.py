@@ -9,11 +9,14 @@ order 1 lists the good option first, order 2 second; ``a = 1`` if the good lette
 (`judge_value`). With ``soft=True``, ``a``/``b`` are the good letter's probability renormalised over
 the two letters, so ``v ∈ [−1, 1]``.
 
-On an engine the few-shot block is prefilled ONCE (per engine) and every evaluation forks it. The
-branch of the last evaluated text is kept (``context_cache`` of them), and a new text forks the
-cached branch sharing the longest token prefix, rewinds what differs and forwards only the rest,
-so the shared conversation (prompt and committed response) is not re-encoded per evaluation. Both
-option orders go through the model in ONE batched forward. Scores are memoised by text (per engine).
+On an engine the few-shot block is prefilled ONCE (per engine, `prepare`) and every evaluation
+forks it. Evaluation runs inside a search (`await evaluate(search_engine, texts)`), so the judge
+calls of concurrent searches share the scheduler's forwards. Each search keeps the branches of its
+last evaluated texts (``context_cache`` of them; released with the search), and a new text forks
+the cached branch sharing the longest token prefix, rewinds what differs and forwards only the
+rest, so the shared conversation (prompt and committed response) is not re-encoded per
+evaluation. Both option orders go through the model in ONE batched forward. Scores are memoised
+by text (per engine).
 
 Any callable ``text -> score in [-1, 1]`` (a verifier, a reward model) can stand in for the judge:
 `as_evaluator` wraps it as a `CallableEvaluator`.
@@ -138,11 +141,12 @@ TEMPLATES: dict[str, JudgeTemplate] = {t.name: t for t in (HARMLESS, TRUTHFUL, M
 
 
 class Evaluator(Protocol):
-    """What a search strategy calls: one score in [−1, 1] per text, `engine` being the search's."""
+    """What a search strategy awaits: one score in [−1, 1] per text, `engine` being the search's
+    `SearchEngine`."""
 
     context_format: str
 
-    def evaluate(self, engine, texts: Sequence[str]) -> list[float]: ...
+    async def evaluate(self, engine, texts: Sequence[str]) -> list[float]: ...
 
 
 def _check_score(value: Any, text: str) -> float:
@@ -167,7 +171,7 @@ class CallableEvaluator:
         self.evaluations = 0
         self.cache_hits = 0
 
-    def evaluate(self, engine, texts: Sequence[str]) -> list[float]:
+    async def evaluate(self, engine, texts: Sequence[str]) -> list[float]:
         out = []
         for t in texts:
             if t in self._memo:
@@ -185,9 +189,9 @@ class CallableEvaluator:
 @dataclass
 class _EngineState:
     prefix: Any  # Branch over the few-shot block
-    contexts: list = field(default_factory=list)  # [(text_ids tuple, Branch)], most recent last
     memo: dict = field(default_factory=dict)
-    tokenizer_checked: bool = False
+    # Per search: [(text_ids tuple, Branch)], most recent last (the search owns the branches).
+    contexts: "weakref.WeakKeyDictionary[Any, list]" = field(default_factory=weakref.WeakKeyDictionary)
 
 
 class SelfJudge:
@@ -301,15 +305,9 @@ class SelfJudge:
         return True
 
     def release(self, engine) -> None:
-        """Release this judge's branches (few-shot prefix and cached contexts) on `engine`."""
+        """Release this judge's few-shot prefix on `engine` (cached contexts go with their search)."""
         st = self._states.get(engine)
-        if st is None:
-            return
-        for _, b in st.contexts:
-            if not b.released:
-                engine.release(b)
-        st.contexts.clear()
-        if not st.prefix.released:
+        if st is not None and not st.prefix.released:
             engine.release(st.prefix)
 
     @property
@@ -319,37 +317,38 @@ class SelfJudge:
 
     # ------------------------------------------------------------------ evaluation
 
-    def evaluate(self, engine, texts: Sequence[str]) -> list[float]:
-        """One score in [−1, 1] per text; every not-yet-memoised text in one batch."""
+    async def evaluate(self, engine, texts: Sequence[str]) -> list[float]:
+        """One score in [−1, 1] per text; every not-yet-memoised text in one batch. `engine`: the
+        calling search's `SearchEngine`."""
         texts = list(texts)
-        self.prepare(engine)
-        st = self._states[engine]
+        self.prepare(engine.engine)
+        st = self._states[engine.engine]
         todo = [t for t in dict.fromkeys(texts) if t not in st.memo]
         self.cache_hits += len(texts) - len(todo)
         if todo:
-            for t, v in zip(todo, self._score(engine, st, todo)):
+            for t, v in zip(todo, await self._score(engine, st, todo)):
                 st.memo[t] = v
             self.evaluations += len(todo)
         return [st.memo[t] for t in texts]
 
-    def _score(self, engine, st: _EngineState, texts: list[str]) -> list[float]:
+    async def _score(self, engine, st: _EngineState, texts: list[str]) -> list[float]:
         tok = engine.tokenizer
         id_a, id_b = self.letter_ids(tok)
         suffixes = [list(tok.encode(s, add_special_tokens=False)) for s in self._suffixes]
         room = engine.max_context - st.prefix.length - max(map(len, suffixes)) - 1
         if room < 1:
             raise ValueError(f"the judge prompt ({st.prefix.length} tokens) leaves no room in the model's context")
-        st.contexts = [(ids, b) for ids, b in st.contexts if not b.released]
+        cached = [(ids, b) for ids, b in st.contexts.get(engine, []) if not b.released]
         self.last_probs = {}
         ctxs, pending = [], []
         for text in texts:
             ids = list(tok.encode(text, add_special_tokens=False))[-room:] or [id_a]
             base, base_ids, lcp = st.prefix, (), 0
-            for c_ids, c_b in st.contexts:
+            for c_ids, c_b in cached:
                 n = _common_prefix(c_ids, ids)
                 if n > lcp:
                     base, base_ids, lcp = c_b, c_ids, n
-            b = engine.fork(base, 1)[0]
+            b = (await engine.fork(base, 1))[0]
             drop = len(base_ids) - lcp
             if drop:  # a rewound branch's next-token logits are valid without a forward
                 engine.rewind(b, drop)
@@ -362,10 +361,10 @@ class SelfJudge:
         common = _common_prefix(suffixes[0], suffixes[1])
         todo = [(b, x + suffixes[0][:common]) for (_, b), x in zip(ctxs, pending) if x or common]
         if todo:
-            engine.extend([b for b, _ in todo], [x for _, x in todo])
-        seconds = [engine.fork(b, 1)[0] for _, b in ctxs]
+            await engine.extend([b for b, _ in todo], [x for _, x in todo])
+        seconds = [(await engine.fork(b, 1))[0] for _, b in ctxs]
         rows = [b for _, b in ctxs] + seconds
-        engine.extend(rows, [suffixes[0][common:]] * len(ctxs) + [suffixes[1][common:]] * len(ctxs))
+        await engine.extend(rows, [suffixes[0][common:]] * len(ctxs) + [suffixes[1][common:]] * len(ctxs))
         lp = engine.logprobs(rows, [id_a, id_b]).double()
         for b in seconds:
             engine.release(b)
@@ -385,11 +384,12 @@ class SelfJudge:
                 a, b = float(pa1 > pb1), float(pb2 > pa2)
             scores.append(judge_value(a, b))
         # Keep the newest contexts for prefix reuse; release the rest.
-        st.contexts.extend(ctxs)
-        while len(st.contexts) > self.context_cache:
-            _, old = st.contexts.pop(0)
+        cached.extend(ctxs)
+        while len(cached) > self.context_cache:
+            _, old = cached.pop(0)
             if not old.released:
                 engine.release(old)
+        st.contexts[engine] = cached
         return scores
 
     def stats(self) -> dict:

@@ -1,18 +1,21 @@
 """What every strategy shares: the result record, the trace, prompt formatting, the run loop.
 
-A strategy is one class with `run(engine, prompts) -> list[SearchResult]`. Subclasses implement
-`search(engine, root, prompt) -> SearchResult` for one prefilled prompt; `run` formats and
-prefills each prompt, times it, counts the engine's forwarded tokens, and releases every branch
-it created, even on error.
+A strategy is one class. Subclasses implement `async search(engine, root, prompt) -> SearchResult`
+for one prefilled prompt, on a `SearchEngine` (await `fork`, `extend`, `decode`), and declare
+`peak_rows()`. `run(engine, prompts)` runs the searches of all prompts concurrently on one engine
+(`Scheduler`: one forward per step for all of them); each result is timed, counts the tokens its
+search had forwarded, and every branch a search created is released when it ends, even on error.
+Results do not depend on the concurrency: prompt i's root seed is `derive_seed(seed, i)`.
 """
 
 from __future__ import annotations
 
-import time
+import contextlib
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
-from decodesearch.engine import Branch, Engine, Sampler, Stop
+from decodesearch.engine import Branch, Engine, Sampler, Stop, derive_seed
+from decodesearch.engine.scheduler import Finished, Job, Scheduler, SearchEngine
 from decodesearch.scoring.answers import extract_answer
 
 DEFAULT_INSTRUCTION = "Solve the problem step by step. Put your final answer within \\boxed{}."
@@ -112,34 +115,66 @@ class Strategy:
         model's words: a caller's stop strings must not match inside them."""
         return ()
 
-    def run(self, engine: Engine, prompts: Sequence[str]) -> list[SearchResult]:
-        if isinstance(prompts, str):
-            prompts = [prompts]
-        results = []
-        for i, prompt in enumerate(prompts):
-            ids = self.prompt_format.encode(engine.tokenizer, prompt)
-            results.append(self.run_ids(engine, ids, prompt))
+    def peak_rows(self, max_rows: int) -> int:
+        """The most engine rows one search holds at once (its root included), on an engine of
+        `max_rows` rows (a strategy that caches may size its cache to it)."""
+        return 2
+
+    def run(self, engine: Engine, prompts: str | Sequence[str], *, seeds: Sequence[int] | None = None,
+            concurrency: int | None = None) -> list[SearchResult]:
+        """One `SearchResult` per prompt (formatted with `prompt_format`), all searched concurrently
+        on `engine`. The first failed search raises (after every other search was stopped)."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        ids = [self.prompt_format.encode(engine.tokenizer, p) for p in prompts]
+        return self.run_ids(engine, ids, prompts, seeds=seeds, concurrency=concurrency)
+
+    def run_ids(self, engine: Engine, ids: Sequence[Sequence[int]], prompts: Sequence[str] | None = None, *,
+                seeds: Sequence[int] | None = None, concurrency: int | None = None) -> list[SearchResult]:
+        """As `run`, from already-encoded prompt ids (`prompts`: the texts recorded in the results)."""
+        results: list[SearchResult | None] = [None] * len(ids)
+        done = 0
+        for f in self.stream(engine, ids, prompts, seeds=seeds, concurrency=concurrency):
+            if f.error is not None:
+                raise f.error
+            results[f.index] = f.result
+            done += 1
             if self.progress:
-                self.progress(i + 1, len(prompts))
+                self.progress(done, len(ids))
         return results
 
-    def run_ids(self, engine: Engine, ids: Sequence[int], prompt: str = "") -> SearchResult:
-        """Search from already-encoded prompt ids (used by the HF generate route)."""
-        before = set(map(id, engine.live_branches))
-        forwarded = engine.stats.tokens_forwarded
-        t0 = time.perf_counter()
-        try:
-            root = engine.prefill(ids, seed=self.seed)
-            result = self.search(engine, root, prompt)
-        finally:
-            for b in engine.live_branches:
-                if id(b) not in before:
-                    engine.release(b)
-        result.tokens_forwarded = engine.stats.tokens_forwarded - forwarded
-        result.wall_s = time.perf_counter() - t0
-        return result
+    def stream(self, engine: Engine, ids: Sequence[Sequence[int]], prompts: Sequence[str] | None = None, *,
+               seeds: Sequence[int] | None = None, concurrency: int | None = None) -> Iterator[Finished]:
+        """Search every prompt concurrently; yield a `Finished` per prompt as it ends (its `result` a
+        `SearchResult`, or its `error`). `seeds[i]` is prompt i's root seed (default:
+        `derive_seed(self.seed or engine.seed, i)`)."""
+        prompts = list(prompts) if prompts is not None else [engine.tokenizer.decode(list(x)) for x in ids]
+        if len(prompts) != len(ids):
+            raise ValueError(f"prompts has {len(prompts)} entries; expected one per ids ({len(ids)})")
+        if seeds is None:
+            base = self.seed if self.seed is not None else engine.seed
+            seeds = [derive_seed(base, i) for i in range(len(ids))]
+        elif len(seeds) != len(ids):
+            raise ValueError(f"seeds has {len(seeds)} entries; expected one per prompt ({len(ids)})")
+        rows = self.peak_rows(engine.max_rows)
+        jobs = [Job(lambda ctx, x=list(x), p=p, s=int(s): self.solve(ctx, x, p, s), rows)
+                for x, p, s in zip(ids, prompts, seeds)]
+        with self.session(engine):
+            for f in Scheduler(engine, concurrency).run(jobs):
+                if f.result is not None:
+                    f.result.tokens_forwarded = f.stats.tokens_forwarded
+                    f.result.wall_s = f.wall_s
+                yield f
 
-    def search(self, engine: Engine, root: Branch, prompt: str) -> SearchResult:
+    def session(self, engine: Engine):
+        """A context manager around a batch of searches on `engine` (e.g. to prefill a shared prefix)."""
+        return contextlib.nullcontext()
+
+    async def solve(self, engine: SearchEngine, ids: list[int], prompt: str, seed: int) -> SearchResult:
+        """Prefill `ids` as the root (seeded with `seed`) and search from it."""
+        root = await engine.prefill(ids, seed=seed)
+        return await self.search(engine, root, prompt)
+
+    async def search(self, engine: SearchEngine, root: Branch, prompt: str) -> SearchResult:
         raise NotImplementedError
 
     def result(self, prompt: str, chosen: Sample, samples: list[Sample], trace: list[dict]) -> SearchResult:
@@ -161,3 +196,4 @@ def make_sample(branch: Branch, tokens_generated: int, **extra) -> Sample:
     text = branch.text
     return Sample(text=text, answer=extract_answer(text), tokens_generated=tokens_generated,
                   token_ids=list(branch.new_tokens), stop_reason=branch.stop_reason, **extra)
+

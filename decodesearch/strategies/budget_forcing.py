@@ -9,7 +9,8 @@ never appended) and the `ignore` string ("Wait") is teacher-forced, and thinking
 
 from __future__ import annotations
 
-from decodesearch.engine import GREEDY, Branch, Engine, Sampler, Stop
+from decodesearch.engine import GREEDY, Branch, Sampler, Stop
+from decodesearch.engine.scheduler import SearchEngine
 from decodesearch.scoring.answers import extract_answer
 from decodesearch.strategies.base import SearchResult, Strategy, check_positive_int, make_sample
 
@@ -52,13 +53,13 @@ class BudgetForcing(Strategy):
     def forced_texts(self) -> tuple[str, ...]:
         return (self.ignore, self.answer_cue)
 
-    def search(self, engine: Engine, root: Branch, prompt: str) -> SearchResult:
+    async def search(self, engine: SearchEngine, root: Branch, prompt: str) -> SearchResult:
         tok = engine.tokenizer
-        b = engine.fork(root, 1)[0]
+        b = (await engine.fork(root, 1))[0]
         think_stop = Stop(eos_ids=self.stop.eos_ids, strings=self.stop.strings + (self.end_of_thinking,))
         thought, ignored, before, trace = 0, 0, [], []
         while True:
-            out = engine.decode([b], self.max_thinking_tokens - thought, self.sampler, think_stop)[0]
+            out = (await engine.decode([b], self.max_thinking_tokens - thought, self.sampler, think_stop))[0]
             thought += len(out)
             trace.append({"event": "think", "tokens": len(out), "stop": b.stop_reason})
             ended = b.stop_reason in ("eos", "stop_string")
@@ -71,12 +72,12 @@ class BudgetForcing(Strategy):
                 trace.append({"event": "rewind", "tokens": cut})
             answer = extract_answer(b.text)
             before.append(answer)
-            engine.extend([b], [tok.encode(self.ignore, add_special_tokens=False)])
+            await engine.extend([b], [tok.encode(self.ignore, add_special_tokens=False)])
             ignored += 1
             trace.append({"event": "trigger", "trigger": self.ignore, "position": thought, "answer_before": answer})
-        engine.extend([b], [tok.encode(self.answer_cue, add_special_tokens=False)])
+        await engine.extend([b], [tok.encode(self.answer_cue, add_special_tokens=False)])
         trace.append({"event": "answer_cue", "position": thought})
-        out = engine.decode([b], self.max_answer_tokens, GREEDY, self.stop)[0]
+        out = (await engine.decode([b], self.max_answer_tokens, GREEDY, self.stop))[0]
         sample = make_sample(b, thought + len(out), answers_before_triggers=before)
         trace.append({"event": "answer", "answer": sample.answer, "tokens": sample.tokens_generated})
         return self.result(prompt, sample, [sample], trace)

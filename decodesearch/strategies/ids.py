@@ -25,7 +25,8 @@ from __future__ import annotations
 import random
 from typing import Callable, Sequence
 
-from decodesearch.engine import Branch, Engine
+from decodesearch.engine import Branch
+from decodesearch.engine.scheduler import SearchEngine
 from decodesearch.scoring.answers import extract_answer
 from decodesearch.strategies.base import SearchResult, Strategy, check_positive_int, make_sample
 from decodesearch.strategies.sampling import best_of, vote
@@ -95,10 +96,13 @@ class IDS(Strategy):
     def _next_stop(self, generated: int) -> int:
         return next((p for p in self.boundaries if p > generated), self.max_tokens)
 
-    def search(self, engine: Engine, root: Branch, prompt: str) -> SearchResult:
+    def peak_rows(self, max_rows: int) -> int:
+        return self.n + 1
+
+    async def search(self, engine: SearchEngine, root: Branch, prompt: str) -> SearchResult:
         tok = engine.tokenizer
         trigger_ids = [tok.encode(t, add_special_tokens=False) for t in self.triggers]
-        branches = engine.fork(root, self.n)
+        branches = await engine.fork(root, self.n)
         rngs = [random.Random(b.seed) for b in branches]
         generated = [0] * self.n
         before: list[list[str | None]] = [[] for _ in range(self.n)]
@@ -106,7 +110,7 @@ class IDS(Strategy):
         active = list(range(self.n))
         while active:
             limits = [self._next_stop(generated[i]) - generated[i] for i in active]
-            outs = engine.decode([branches[i] for i in active], limits, self.sampler, self.stop)
+            outs = await engine.decode([branches[i] for i in active], limits, self.sampler, self.stop)
             to_trigger = []
             for i, out in zip(active, outs):
                 b = branches[i]
@@ -128,7 +132,7 @@ class IDS(Strategy):
                                   "trigger": self.triggers[t], "answer_before": answer})
                     bs.append(branches[i])
                     ids.append(trigger_ids[t])
-                engine.extend(bs, ids)
+                await engine.extend(bs, ids)
             active = [i for i, _ in to_trigger]
         samples = [make_sample(b, g, answers_before_triggers=a) for b, g, a in zip(branches, generated, before)]
         for i, s in enumerate(samples):

@@ -47,6 +47,7 @@ official code clamps it between the samples' max+min and sum); rollouts are capp
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any, Sequence
 
@@ -54,6 +55,8 @@ import torch
 
 from decodesearch.engine import Branch, Engine, Sampler, derive_seed
 from decodesearch.engine.engine import CapacityError
+from decodesearch.engine.sampling import draw
+from decodesearch.engine.scheduler import SearchEngine
 from decodesearch.scoring.answers import extract_answer
 from decodesearch.scoring.embeddings import EMBEDDERS, cosine, make_embedder
 from decodesearch.scoring.judge import DEFAULT_CONTEXT_FORMAT, as_evaluator
@@ -183,7 +186,7 @@ class RainSearch:
     `commit()` to move the root, `close()` to release every branch it holds.
     """
 
-    def __init__(self, rain: "RAIN", engine: Engine, root_branch: Branch, prompt: str, evaluator, embedder):
+    def __init__(self, rain: "RAIN", engine: SearchEngine, root_branch: Branch, prompt: str, evaluator, embedder):
         self.rain = rain
         self.engine = engine
         self.tok = engine.tokenizer
@@ -202,13 +205,7 @@ class RainSearch:
         self.total_searches = 0
         self.counters = dict(rewinds=0, rewound_tokens=0, evaluations=0, add_attempts=0, children_added=0,
                              materialized_tokens=0, materialized_by_rewind=0, evicted=0, rollout_tokens=0)
-        self.reserve = int(getattr(evaluator, "rows_needed", 0)) + 1
-        need = rain.num_candidates + self.reserve + 3
-        if engine.max_rows - len(engine.live_branches) + 1 < need:
-            raise ValueError(
-                f"engine.max_rows={engine.max_rows} is too small for RAIN with num_candidates={rain.num_candidates}: "
-                f"it needs at least {need} free rows (K candidates + the judge's rows + root and leaf)"
-            )
+        self.reserve = rain.judge_rows()
         self._check_done(self.root)
 
     # ------------------------------------------------------------------ helpers
@@ -266,7 +263,7 @@ class RainSearch:
         limit = self.rain.max_cached_branches
         while True:
             live = self._live_nodes()
-            rows_free = self.engine.max_rows - len(self.engine.live_branches)
+            rows_free = self.engine.rows_left
             if rows_free >= k + self.reserve and len(live) + k <= max(limit, k + 2):
                 return
             pins = {id(p) for p in pinned} | {id(self.root)}
@@ -287,7 +284,7 @@ class RainSearch:
             self.counters["rewinds"] += 1
             self.counters["rewound_tokens"] += n
 
-    def materialize(self, node: RainNode, pinned: Sequence[RainNode] = ()) -> Branch:
+    async def materialize(self, node: RainNode, pinned: Sequence[RainNode] = ()) -> Branch:
         """A live branch whose tokens are exactly `node`'s sequence."""
         if node.branch is not None:
             self._touch(node)
@@ -295,7 +292,7 @@ class RainSearch:
         src = next((d for d in node.walk() if d is not node and d.branch is not None), None)
         if src is not None:
             self._make_room(1, [*pinned, node, src])
-            b = self.engine.fork(src.branch, 1)[0]
+            b = (await self.engine.fork(src.branch, 1))[0]
             self._rewind(b, src.seq_len - node.seq_len)
             self.counters["materialized_by_rewind"] += 1
         else:
@@ -303,10 +300,10 @@ class RainSearch:
             while anc.branch is None:
                 anc = anc.parent
             self._make_room(1, [*pinned, node, anc])
-            b = self.engine.fork(anc.branch, 1)[0]
+            b = (await self.engine.fork(anc.branch, 1))[0]
             ids = self._path_tokens(anc, node)
             if ids:
-                self.engine.extend([b], [ids])
+                await self.engine.extend([b], [ids])
                 self.counters["materialized_tokens"] += len(ids)
         node.branch = b
         self._touch(node)
@@ -314,7 +311,7 @@ class RainSearch:
 
     # ------------------------------------------------------------------ batched decoding
 
-    def _decode_rows(self, rows: list[_Row]) -> None:
+    async def _decode_rows(self, rows: list[_Row]) -> None:
         """Step all rows together, one forward per step: ``greedy`` / ``sample`` rows use the
         expansion sampler's distribution (their log-probs are summed for the prior), ``rollout`` rows
         the rollout sampler and stop at a clause boundary. EOS is never appended."""
@@ -331,7 +328,7 @@ class RainSearch:
             sample_pos = [j for j, i in enumerate(exp_idx) if live[i].kind == "sample"]
             if sample_pos and not rain.sampler.greedy:  # drawn from the distribution the priors use
                 idx = [exp_idx[j] for j in sample_pos]
-                picked[idx] = rain.sampler.draw(probs[sample_pos], [live[i].generator for i in idx]).to(picked.device)
+                picked[idx] = draw(probs[sample_pos], [live[i].generator for i in idx]).to(picked.device)
             idx = [i for i, r in enumerate(live) if r.kind == "rollout"]
             if idx and not rain.rollout_sampler.greedy:
                 picked[idx] = rain.rollout_sampler.sample(logits[idx], [live[i].generator for i in idx]).to(picked.device)
@@ -359,7 +356,7 @@ class RainSearch:
                 else:
                     still.append(r)
             if step_b:
-                engine.extend(step_b, step_ids)
+                await engine.extend(step_b, step_ids)
             live = still
 
     # ------------------------------------------------------------------ tree operations
@@ -447,7 +444,7 @@ class RainSearch:
         self._set_priors(parent)
         return added
 
-    def _maybe_add_child(self, node: RainNode, pinned: list[RainNode]) -> None:
+    async def _maybe_add_child(self, node: RainNode, pinned: list[RainNode]) -> None:
         """Dynamic node addition (see the module docstring)."""
         rain = self.rain
         kids = node.children
@@ -463,26 +460,26 @@ class RainSearch:
         if expand <= 0:
             return
         self.counters["add_attempts"] += 1
-        branch = self.materialize(node, pinned)
+        branch = await self.materialize(node, pinned)
         before = len(kids)
         if expand == 1:
             self._top_children(node, self.engine.logits([branch])[0], 1)
         else:
             self._make_room(1, [*pinned, node])
-            fork = self.engine.fork(branch, 1)[0]
+            fork = (await self.engine.fork(branch, 1))[0]
             row = _Row(fork, "sample", expand, _gen(derive_seed(node.seed, _ADD + node.added)))
-            self._decode_rows([row])
+            await self._decode_rows([row])
             self._children_from_rows(node, [row])
         node.added += 1
         self.counters["children_added"] += len(kids) - before
 
-    def search_once(self, trace: list | None = None) -> float:
+    async def search_once(self, trace: list | None = None) -> float:
         """One inner-loop iteration: select, roll out + expand in one batch, rewind, evaluate, back up.
         Returns the leaf's value."""
         rain, engine = self.rain, self.engine
         node, path = self.root, [self.root]
         while node.children:
-            self._maybe_add_child(node, path)
+            await self._maybe_add_child(node, path)
             node = self.select(node)
             path.append(node)
         leaf = node
@@ -491,7 +488,7 @@ class RainSearch:
         resp = self.response_tokens(leaf)
         rollout: list[int] = []
         if leaf.terminal is None:
-            branch = self.materialize(leaf, path)
+            branch = await self.materialize(leaf, path)
             expand = self._expand_len(leaf)
             rows: list[_Row] = []
             top_logits = None
@@ -499,7 +496,7 @@ class RainSearch:
                 top_logits = engine.logits([branch])[0]  # read before the rollout moves the branch
             else:
                 self._make_room(rain.num_candidates, path)
-                forks = engine.fork(branch, rain.num_candidates)
+                forks = await engine.fork(branch, rain.num_candidates)
                 for j, f in enumerate(forks):
                     rows.append(_Row(f, "greedy" if j == 0 else "sample", expand,
                                      _gen(derive_seed(leaf.seed, _EXPAND + j))))
@@ -507,7 +504,7 @@ class RainSearch:
             if rain.rollout_max_tokens > 0 and not self._ends_clause(text_so_far):
                 rows.insert(0, _Row(branch, "rollout", rain.rollout_max_tokens,
                                     _gen(derive_seed(leaf.seed, _ROLLOUT + leaf.evals))))
-            self._decode_rows(rows)
+            await self._decode_rows(rows)
             if rows and rows[0].kind == "rollout":
                 rollout = rows[0].out
                 self.counters["rollout_tokens"] += len(rollout)
@@ -521,7 +518,7 @@ class RainSearch:
         full = resp + rollout
         text = self.rain.context_format.replace("{prompt}", self.prompt).replace(
             "{response}", self.tok.decode(full, skip_special_tokens=True))
-        v = float(self.evaluator.evaluate(engine, [text])[0])
+        v = float((await self.evaluator.evaluate(engine, [text]))[0])
         self.counters["evaluations"] += 1
         self._backup(path, v, full)
         leaf.evals += 1
@@ -562,21 +559,21 @@ class RainSearch:
         self.q_min = min(self.q_min, q)
         self.q_max = max(self.q_max, q)
 
-    def run_inner_loop(self, trace: list | None = None) -> int:
+    async def run_inner_loop(self, trace: list | None = None) -> int:
         """Searches until the stopping rule holds; returns how many ran."""
         rain = self.rain
         start = self.root.visits
         limit = max(rain.max_visits, start + rain.min_new_searches)
         ran = 0
         for _ in range(start, limit):
-            self.search_once(trace if rain.trace_searches else None)
+            await self.search_once(trace if rain.trace_searches else None)
             ran += 1
             best = self.most_visited()
             if best is not None and best.visits > rain.min_visits and best.q > rain.value_threshold:
                 break
         return ran
 
-    def commit(self) -> RainNode:
+    async def commit(self) -> RainNode:
         """Move the root to its most-visited child, keep that subtree, release everything else."""
         old = self.root
         new = self.most_visited()
@@ -585,11 +582,11 @@ class RainSearch:
         if new.terminal is None:
             if new.branch is None and not any(d.branch is not None for d in new.walk()):
                 # Nothing below is cached: grow the committed branch in place instead of forking it.
-                self.engine.extend([old.branch], [list(new.tokens)])
+                await self.engine.extend([old.branch], [list(new.tokens)])
                 self.counters["materialized_tokens"] += len(new.tokens)
                 new.branch, old.branch = old.branch, None
             else:
-                self.materialize(new, [new])
+                await self.materialize(new, [new])
         keep = {id(n) for n in new.walk()}
         for n in old.walk():
             if id(n) not in keep and n.branch is not None:
@@ -754,31 +751,47 @@ class RAIN(Strategy):
             self._embedders[key] = make_embedder(spec, engine.model, engine.tokenizer)
         return self._embedders[key]
 
-    def run(self, engine: Engine, prompts):
-        """As `Strategy.run`; the judge's few-shot prefix is prefilled once for all prompts."""
+    def judge_rows(self) -> int:
+        """Rows the evaluator may hold at once during one evaluation (its cached contexts + 2), + 1."""
+        return int(getattr(self.evaluator, "rows_needed", 0)) + 1
+
+    def peak_rows(self, max_rows: int) -> int:
+        """At least the K candidates, the root, the leaf, one spare and the evaluator's rows; the tree
+        caches up to `max_cached_branches` branches where `max_rows` leaves room (a search evicts
+        cached branches to stay within its rows, so lower `max_cached_branches` to run more RAIN
+        searches at once)."""
+        need = self.num_candidates + 3 + self.judge_rows()
+        if max_rows < need:
+            raise ValueError(f"engine.max_rows={max_rows} is too small for RAIN with num_candidates="
+                             f"{self.num_candidates}: it needs at least {need} rows (K candidates + the judge's "
+                             "rows + root, leaf and a spare)")
+        return min(max_rows, max(need, max(self.max_cached_branches, self.num_candidates + 2) + self.judge_rows()))
+
+    @contextlib.contextmanager
+    def session(self, engine: Engine):
+        """The judge's few-shot prefix is prefilled once for all prompts of a run, and released after."""
         prepare = getattr(self.evaluator, "prepare", None)
         owned = prepare(engine) if prepare is not None else False
         try:
-            return super().run(engine, prompts)
+            yield
         finally:
             if owned:
                 self.evaluator.release(engine)
 
-    def search(self, engine: Engine, root: Branch, prompt: str) -> SearchResult:
+    async def search(self, engine: SearchEngine, root: Branch, prompt: str) -> SearchResult:
         trace: list[dict] = []
-        stats0 = engine.stats.as_dict()
-        embedder = self.embedder_for(engine)
+        embedder = self.embedder_for(engine.engine)
         state = RainSearch(self, engine, root, prompt, self.evaluator, embedder)
         try:
             commits = 0
             while state.done is None:
                 before = dict(state.counters)
                 fwd0, calls0 = engine.stats.tokens_forwarded, engine.stats.forward_calls
-                ran = state.run_inner_loop(trace)
+                ran = await state.run_inner_loop(trace)
                 summary = state.children_summary()
                 visits = state.root.visits
                 chosen = state.root.children.index(state.most_visited())
-                node = state.commit()
+                node = await state.commit()
                 commits += 1
                 event = {"event": "commit", "commit": commits, "searches": ran, "root_visits": visits,
                          "children": summary, "chosen": chosen, "committed_tokens": list(node.tokens),
@@ -791,10 +804,7 @@ class RAIN(Strategy):
             resp = state.committed[state.prompt_len:]
         finally:
             state.close()
-        stats = engine.stats.as_dict()
-        # Cumulative engine counters, plus this prompt's share of the additive ones.
-        additive = ("tokens_forwarded", "forward_calls", "rows_copied", "bytes_copied", "compactions")
-        trace.append({"event": "engine_stats", **stats, "this_prompt": {k: stats[k] - stats0[k] for k in additive}})
+        trace.append({"event": "engine_stats", **engine.stats.as_dict()})  # this search's share
         judge_stats = getattr(self.evaluator, "stats", None)
         trace.append({"event": "done", "stop_reason": state.done, "commits": commits,
                       "searches": state.total_searches, **state.counters,

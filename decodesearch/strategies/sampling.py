@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from typing import Callable
 
-from decodesearch.engine import GREEDY, Branch, Engine
+from decodesearch.engine import GREEDY, Branch
+from decodesearch.engine.scheduler import SearchEngine
 from decodesearch.scoring.answers import normalize_answer
 from decodesearch.scoring.metrics import vote_index
 from decodesearch.strategies.base import Sample, SearchResult, Strategy, check_positive_int, make_sample
@@ -45,9 +46,12 @@ class Sampling(Strategy):
         super().__init__(**kwargs)
         self.n = n
 
-    def draw(self, engine: Engine, root: Branch) -> tuple[list[Branch], list[Sample], list[dict]]:
-        branches = engine.fork(root, self.n)
-        outs = engine.decode(branches, self.max_tokens, self.sampler, self.stop)
+    def peak_rows(self, max_rows: int) -> int:
+        return self.n + 1
+
+    async def draw(self, engine: SearchEngine, root: Branch) -> tuple[list[Branch], list[Sample], list[dict]]:
+        branches = await engine.fork(root, self.n)
+        outs = await engine.decode(branches, self.max_tokens, self.sampler, self.stop)
         samples = [make_sample(b, len(o)) for b, o in zip(branches, outs)]
         trace = [{"event": "fork", "n": self.n}] + [
             {"event": "answer", "sample": i, "answer": s.answer, "stop": s.stop_reason} for i, s in enumerate(samples)
@@ -57,8 +61,8 @@ class Sampling(Strategy):
     def choose(self, branches: list[Branch], samples: list[Sample], trace: list[dict]) -> int:
         return 0
 
-    def search(self, engine: Engine, root: Branch, prompt: str) -> SearchResult:
-        branches, samples, trace = self.draw(engine, root)
+    async def search(self, engine: SearchEngine, root: Branch, prompt: str) -> SearchResult:
+        branches, samples, trace = await self.draw(engine, root)
         chosen = self.choose(branches, samples, trace)
         trace.append({"event": "choose", "sample": chosen})
         return self.result(prompt, samples[chosen], samples, trace)
