@@ -120,6 +120,8 @@ def main(argv=None):
     p.add_argument("--level", type=int, default=1)
     p.add_argument("--problems", type=int, default=32)
     p.add_argument("--serial-problems", type=int, default=8, help="problems for the concurrency-1 runs")
+    p.add_argument("--sample-problems", type=int, default=None,
+                   help="problems for the sampling and IDS runs (default: --problems)")
     p.add_argument("--max-tokens", type=int, default=384)
     p.add_argument("--max-rows", type=int, default=160, help="engine rows (full concurrency admits what fits)")
     p.add_argument("--hf-batch", type=int, default=16)
@@ -150,8 +152,10 @@ def main(argv=None):
     fmt = PromptFormat()
     ids = [fmt.encode(tok, q.problem) for q in problems]
     k = min(args.serial_problems, len(problems))
+    m = min(args.sample_problems or len(problems), len(problems))
     runs = set(args.runs.split(","))
     report = {"model": args.model, "dtype": args.dtype, "device": args.device, "threads": torch.get_num_threads(),
+              "command": " ".join(sys.argv),
               "cpu_count": os.cpu_count(), "torch": torch.__version__, "level": args.level,
               "max_tokens": args.max_tokens, "max_rows": args.max_rows, "smoke": args.smoke,
               "problem_ids": [q.id for q in problems], "runs": {}}
@@ -175,17 +179,17 @@ def main(argv=None):
                             "agreement_with_hf": agreement(full["token_ids"], hf["token_ids"])}
     if "sampling" in runs:
         print("sampling n=4", flush=True)
-        full = engine_run(model, tok, Sampling(n=4, max_tokens=mt, sampler=SAMPLER, seed=0), problems, ids,
+        full = engine_run(model, tok, Sampling(n=4, max_tokens=mt, sampler=SAMPLER, seed=0), problems[:m], ids[:m],
                           args.max_rows, None)
         record("sampling", full)
-        hf = hf_run(model, tok, problems, ids, mt, args.hf_sample_batch, 4, SAMPLER)
+        hf = hf_run(model, tok, problems[:m], ids[:m], mt, args.hf_sample_batch, 4, SAMPLER)
         record("sampling", hf)
         report["sampling"] = {"ratio_to_hf": full["tokens_per_s"] / hf["tokens_per_s"]}
     if "ids" in runs:
         print("IDS n=4", flush=True)
         b0 = max(1, mt // 4)
         make = lambda: IDS(n=4, b0=b0, gamma=2.0, max_tokens=mt, sampler=SAMPLER, seed=0)  # noqa: E731
-        full = engine_run(model, tok, make(), problems, ids, args.max_rows, None)
+        full = engine_run(model, tok, make(), problems[:m], ids[:m], args.max_rows, None)
         record("ids", full)
         serial = engine_run(model, tok, make(), problems[:k], ids[:k], args.max_rows, 1)
         record("ids", serial)

@@ -30,3 +30,19 @@ def test_kernels_benchmark_smoke_never_overwrites_the_reference():
     proc = _run("--smoke")
     assert proc.returncode == 2
     assert "--smoke needs --out" in proc.stderr
+
+
+def test_throughput_benchmark_smoke(tiny_dir, tmp_path):
+    """benchmarks/throughput.py end to end at toy sizes: every route runs and the ratios are written."""
+    out = tmp_path / "throughput_smoke.json"
+    script = SCRIPT.parent / "throughput.py"
+    proc = subprocess.run([sys.executable, str(script), "--smoke", "--model", tiny_dir, "--dtype", "float32",
+                           "--problems", "5", "--serial-problems", "2", "--max-tokens", "6", "--hf-batch", "2",
+                           "--hf-sample-batch", "2", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["smoke"] is True and set(report["runs"]) == {"greedy", "sampling", "ids"}
+    assert report["greedy"]["agreement_with_hf"]["of"] == 5
+    for rows in report["runs"].values():
+        assert all(r["tokens_generated"] > 0 and r["tokens_per_s"] > 0 for r in rows)
+    assert "ratio" in proc.stdout
