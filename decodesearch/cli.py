@@ -65,6 +65,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
 # receives just its own options; one that does not apply is a clear error.
 STRATEGY_FLAGS = {
     "n": int, "b0": int, "gamma": float, "policy": str, "aggregate": str, "trigger_order": str,
+    "trigger_preset": str, "schedule": str, "align": str, "align_max_tokens": int,
     "min_thinking_tokens": int, "max_thinking_tokens": int, "num_ignore": int, "ignore": str,
     "max_answer_tokens": int,
 }

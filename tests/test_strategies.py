@@ -11,7 +11,7 @@ from decodesearch.engine import Engine, Sampler, Stop
 from decodesearch.strategies import (
     IDS, BestOfN, BudgetForcing, PromptFormat, Sample, Sampling, SelfConsistency, make_strategy,
 )
-from decodesearch.strategies.ids import DEFAULT_TRIGGERS, segment_boundaries
+from decodesearch.strategies.ids import DEFAULT_TRIGGERS, budget_boundaries, segment_boundaries
 from decodesearch.strategies.sampling import vote
 
 PLAIN = PromptFormat(instruction=None, chat=False)
@@ -27,24 +27,104 @@ def test_segment_boundaries_are_geometric():
     assert segment_boundaries(128, 2.0, 1024) == [128, 384, 896]
     assert segment_boundaries(4, 1.5, 30) == [4, 10, 19]  # 4, +6, +9, (+13.5 -> 14 would pass 30)
     assert segment_boundaries(10, 2.0, 10) == []
+    # The paper's reading: cumulative budgets b0 * gamma^k (the default schedule).
+    assert budget_boundaries(128, 2.0, 1024) == [128, 256, 512]
+    assert budget_boundaries(4, 1.5, 30) == [4, 6, 9, 14, 20]
+    assert budget_boundaries(1, 1.2, 5) == [1, 2, 3, 4]  # rounding never repeats a boundary
+    assert IDS(max_tokens=64).b0 == 16 and IDS().b0 == 128  # a default b0 adapts to a short budget
 
 
-def test_ids_triggers_follow_schedule_and_nothing_is_forwarded_twice(llama):
+@pytest.mark.parametrize("schedule, positions", [("budget", [4, 8, 16]), ("segments", [4, 12])])
+def test_ids_triggers_follow_schedule_and_nothing_is_forwarded_twice(llama, schedule, positions):
     model, tok = llama
     engine = Engine(model, tok)
-    ids = IDS(n=3, b0=4, gamma=2.0, max_tokens=20, stop=NO_EOS, prompt_format=PLAIN, seed=1)
+    ids = IDS(n=3, b0=4, gamma=2.0, max_tokens=20, stop=NO_EOS, prompt_format=PLAIN, seed=1, schedule=schedule)
     res = ids.run(engine, ["What is 2+3?"])[0]
     prompt_len = len(tok.encode("What is 2+3?"))
     triggers = [e for e in res.trace if e["event"] == "trigger"]
+    trigger_len = len(tok.encode(DEFAULT_TRIGGERS[0]))
     for i in range(3):
-        assert [e["position"] for e in triggers if e["sample"] == i] == [4, 12]
+        assert [e["position"] for e in triggers if e["sample"] == i] == positions
         assert res.samples[i].tokens_generated == 20
-        assert len(res.samples[i].answers_before_triggers) == 2
+        assert res.samples[i].tokens_forced == len(positions) * trigger_len
+        assert len(res.samples[i].answers_before_triggers) == len(positions)
     trig_tokens = sum(len(tok.encode(e["trigger"])) for e in triggers)
     # One prefill of the prompt, then each sampled or trigger token exactly once.
     assert res.tokens_forwarded == prompt_len + 3 * 20 + trig_tokens
     assert res.tokens_generated == 60
     assert engine.live_branches == []  # everything released
+
+
+def test_ids_count_triggers_spends_the_budget_on_trigger_tokens_too(llama):
+    model, tok = llama
+    trigger = "\nW\n"  # 3 tokens of the byte tokenizer
+    ids = IDS(n=2, b0=4, gamma=2.0, max_tokens=20, stop=NO_EOS, prompt_format=PLAIN, seed=1, triggers=[trigger],
+              count_triggers=True)
+    res = ids.run(Engine(model, tok), ["Q"])[0]
+    for s in res.samples:
+        assert s.tokens_generated + s.tokens_forced == 20
+        # boundaries 4, 8, 16 on sampled + forced tokens: 4 sampled, +3 forced, 1 sampled, +3, 5 sampled, +3, 1
+        assert s.tokens_forced == 9 and s.tokens_generated == 11
+
+
+def test_ids_answers_never_come_from_triggers(llama):
+    """A trigger that states an answer ("the final answer is correct") is never an answer: not the
+    final one, not one before a trigger (the model stated none), not a vote."""
+    model, tok = llama
+    leaky = "\nmake sure the final answer is correct 42.\n"
+    ids = IDS(n=2, b0=3, gamma=2.0, max_tokens=12, stop=NO_EOS, prompt_format=PLAIN, seed=1, triggers=[leaky])
+    res = ids.run(Engine(model, tok), ["Q"])[0]
+    assert leaky.strip() in res.samples[0].text  # the trigger went in
+    for s in res.samples:
+        assert s.answer not in ("correct", "correct 42", "42")
+        assert all(a is None for a in s.answers_before_triggers)
+    assert res.answer not in ("correct", "correct 42", "42")
+
+
+def test_explicit_answers_before_a_trigger(llama):
+    from decodesearch.scoring.answers import extract_answer
+
+    assert extract_answer("so 3 + 4 = 7", explicit=True) is None
+    assert extract_answer("so 3 + 4 = 7") == "7"
+    assert extract_answer("thus \\boxed{7} and more 9", explicit=True) == "7"
+    assert extract_answer("The final answer is 7.", explicit=True) == "7"
+
+
+class _LinesTokenizer(ByteTokenizer):
+    """Ids 1..12 decode to a newline, so lines end often in random text."""
+
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join("\n" if 1 <= i <= 12 else chr(32 + i) for i in ids if not (skip_special_tokens and i == 0))
+
+
+def test_ids_line_alignment_never_splits_a_line(llama):
+    model, _ = llama
+    tok = _LinesTokenizer()
+    ids = IDS(n=6, b0=3, gamma=2.0, max_tokens=40, stop=NO_EOS, prompt_format=PLAIN, seed=2, align="line",
+              align_max_tokens=4, triggers=["W"], sampler=Sampler(temperature=1.5))
+    res = ids.run(Engine(model, tok), ["Q"])[0]
+    triggers = [e for e in res.trace if e["event"] == "trigger"]
+    assert triggers
+    ended_at_newline = 0
+    for i, s in enumerate(res.samples):
+        mine = [e["position"] for e in triggers if e["sample"] == i]
+        for k, pos in enumerate(mine):
+            boundary = ids._next_stop(mine[k - 1] if k else 0)
+            assert boundary <= pos <= boundary + 4  # at most align_max_tokens extra, counted as sampled
+            own = s.token_ids[: pos + k]  # k one-token triggers precede this one
+            if pos < boundary + 4:
+                assert tok.decode(own).endswith("\n")  # stopped early only at a line end
+                ended_at_newline += 1
+    assert ended_at_newline > 0
+
+def test_ids_options_and_presets():
+    with pytest.raises(ValueError, match="align="):
+        IDS(align="word")
+    with pytest.raises(ValueError, match="trigger_preset="):
+        IDS(trigger_preset="nope")
+    assert IDS(trigger_preset="wait").triggers == ["\n\nWait"]
+    with pytest.raises(ValueError, match="not both"):
+        IDS(trigger_preset="wait", triggers=["x"])
 
 
 def test_ids_policies_on_early_finish(llama):

@@ -25,12 +25,14 @@ Per-problem record (written by the runner from a strategy's SearchResult):
                        the answer extracted just before each self-correction trigger, in
                        order; ``[]`` if none), optional ``correct_before_triggers`` (list of
                        bool, same length; computed by the report when absent), optional
-                       ``tokens_generated`` (int)
+                       ``tokens_generated`` (int) and ``tokens_forced`` (int, teacher-forced
+                       trigger/cue tokens)
 ``tokens_generated``   int, tokens sampled for this problem over all samples/branches
                        (teacher-forced prompt, trigger and judge tokens excluded)
-``tokens_forwarded``   int, tokens fed through the model for this problem (prefill + extend +
-                       decode; the engine's ``stats.tokens_forwarded`` delta)
-``wall_s``             float, wall-clock seconds spent on the problem
+``tokens_forwarded``   int, tokens fed through the model for this problem's search (prefill +
+                       extend + decode; the search's ``stats.tokens_forwarded``)
+``wall_s``             float, wall-clock seconds from the problem's start to its end (searches
+                       run concurrently, so these overlap)
 ``strategy``           str, strategy name (e.g. "sampling", "self_consistency", "ids", "rain")
 =====================  ======================================================================
 

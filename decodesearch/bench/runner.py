@@ -45,6 +45,7 @@ def to_record(problem: Problem, result: SearchResult) -> dict:
             "answers_before_triggers": list(s.answers_before_triggers),
             "correct_before_triggers": [check(a) for a in s.answers_before_triggers],
             "tokens_generated": s.tokens_generated,
+            "tokens_forced": s.tokens_forced,
         })
     return {
         "id": problem.id,

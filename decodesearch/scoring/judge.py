@@ -270,18 +270,24 @@ class SelfJudge:
     # ------------------------------------------------------------------ setup
 
     def letter_ids(self, tokenizer) -> tuple[int, int]:
-        """Token ids of the two letters; ValueError unless each is exactly one token."""
+        """Token ids of the two letters as the model reads them right after the judge prompt: the
+        prompt is encoded with and without each letter and the one added token is taken (after "("
+        a SentencePiece tokenizer yields "A", not the "▁A" that ``encode("A")`` gives). ValueError
+        unless each letter adds exactly one token there."""
         key = id(tokenizer)
         if key not in self._letter_ids:
+            context = self._suffixes[0]
+            base = list(tokenizer.encode(context, add_special_tokens=False))
             ids = []
             for letter in self.letters:
-                toks = list(tokenizer.encode(letter, add_special_tokens=False))
-                if len(toks) != 1:
+                full = list(tokenizer.encode(context + letter, add_special_tokens=False))
+                added = full[len(base):] if full[: len(base)] == base else full
+                if len(added) != 1:
                     raise ValueError(
-                        f"option letter {letter!r} is {len(toks)} tokens for this tokenizer ({toks}); "
-                        "accepted: letters that are exactly one token each"
+                        f"option letter {letter!r} is not exactly one token after the judge prompt for this "
+                        f"tokenizer (it adds {added}); accepted: letters that are exactly one token each there"
                     )
-                ids.append(int(toks[0]))
+                ids.append(int(added[0]))
             if ids[0] == ids[1]:
                 raise ValueError(f"option letters {self.letters!r} map to the same token id {ids[0]}")
             self._letter_ids[key] = (ids[0], ids[1])

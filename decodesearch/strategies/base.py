@@ -23,8 +23,11 @@ DEFAULT_INSTRUCTION = "Solve the problem step by step. Put your final answer wit
 
 @dataclass
 class Sample:
-    """One sampled continuation. `answers_before_triggers[i]` is the answer extracted just before
-    the i-th self-correction trigger was inserted (IDS, budget forcing); empty otherwise."""
+    """One sampled continuation. `answer` is found in the model's own tokens only (`model_text`).
+    `answers_before_triggers[i]` is the answer the model had stated explicitly (a `\\boxed{}` or a
+    "final answer is" phrase) just before the i-th self-correction trigger was inserted (IDS,
+    budget forcing), None if it had stated none; empty without triggers. `tokens_generated`
+    counts sampled tokens, `tokens_forced` teacher-forced ones (triggers, cues)."""
 
     text: str
     answer: str | None
@@ -33,6 +36,7 @@ class Sample:
     stop_reason: str | None = None
     answers_before_triggers: list[str | None] = field(default_factory=list)
     score: float | None = None
+    tokens_forced: int = 0
 
 
 @dataclass
@@ -192,8 +196,24 @@ class Strategy:
         )
 
 
-def make_sample(branch: Branch, tokens_generated: int, **extra) -> Sample:
-    text = branch.text
-    return Sample(text=text, answer=extract_answer(text), tokens_generated=tokens_generated,
-                  token_ids=list(branch.new_tokens), stop_reason=branch.stop_reason, **extra)
+def model_text(branch: Branch) -> str:
+    """The text of the tokens the model sampled itself after the prompt, each run of them on its own
+    line: every teacher-forced span (a trigger, a cue, a judge prompt) is left out, so it can never
+    become an answer."""
+    runs, run = [], []
+    for tok, lp in zip(branch.tokens[branch.start :], branch.token_logprobs[branch.start :]):
+        if lp is None:
+            if run:
+                runs.append(run)
+            run = []
+        else:
+            run.append(tok)
+    if run:
+        runs.append(run)
+    return "\n".join(branch.engine.tokenizer.decode(r, skip_special_tokens=True) for r in runs)
 
+
+def make_sample(branch: Branch, tokens_generated: int, **extra) -> Sample:
+    """A `Sample` of `branch`: its whole text, and the answer found in the model's own words."""
+    return Sample(text=branch.text, answer=extract_answer(model_text(branch)), tokens_generated=tokens_generated,
+                  token_ids=list(branch.new_tokens), stop_reason=branch.stop_reason, **extra)

@@ -4,7 +4,10 @@ The model "thinks" until it ends (EOS or the `end_of_thinking` string) or spends
 `max_thinking_tokens`. An end that comes while fewer than `min_thinking_tokens` were spent, or
 while forced continuations remain (`num_ignore`), is suppressed: the end is rewound (an EOS is
 never appended) and the `ignore` string ("Wait") is teacher-forced, and thinking goes on. Then the
-`answer_cue` is forced and the answer decoded (at most `max_answer_tokens`).
+`answer_cue` is forced and the answer decoded (at most `max_answer_tokens`). `max_tokens` (default
+thinking + answer) bounds both together: thinking stops `max_answer_tokens` before it, the answer
+at it. The answer is read from the cue plus the model's answer tokens (the cue opens the
+`\\boxed{`); answers before each "Wait" only from the model's own explicit statements.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 from decodesearch.engine import GREEDY, Branch, Sampler, Stop
 from decodesearch.engine.scheduler import SearchEngine
 from decodesearch.scoring.answers import extract_answer
-from decodesearch.strategies.base import SearchResult, Strategy, check_positive_int, make_sample
+from decodesearch.strategies.base import SearchResult, Strategy, check_positive_int, make_sample, model_text
 
 
 class BudgetForcing(Strategy):
@@ -57,30 +60,39 @@ class BudgetForcing(Strategy):
         tok = engine.tokenizer
         b = (await engine.fork(root, 1))[0]
         think_stop = Stop(eos_ids=self.stop.eos_ids, strings=self.stop.strings + (self.end_of_thinking,))
+        # `max_tokens` bounds thinking + answer together (a caller's budget, e.g. lm-eval's max_gen_toks).
+        think_cap = min(self.max_thinking_tokens, max(0, self.max_tokens - self.max_answer_tokens))
         thought, ignored, before, trace = 0, 0, [], []
         while True:
-            out = (await engine.decode([b], self.max_thinking_tokens - thought, self.sampler, think_stop))[0]
+            out = (await engine.decode([b], think_cap - thought, self.sampler, think_stop))[0]
             thought += len(out)
             trace.append({"event": "think", "tokens": len(out), "stop": b.stop_reason})
             ended = b.stop_reason in ("eos", "stop_string")
             wants_more = ignored < self.num_ignore or thought < self.min_thinking_tokens
-            if not (ended and wants_more and thought < self.max_thinking_tokens):
+            if not (ended and wants_more and thought < think_cap):
                 break
             if b.stop_reason == "stop_string":
                 cut = self._tokens_holding(tok, out, self.end_of_thinking)
                 engine.rewind(b, cut)
                 trace.append({"event": "rewind", "tokens": cut})
-            answer = extract_answer(b.text)
+            answer = extract_answer(model_text(b), explicit=True)
             before.append(answer)
-            await engine.extend([b], [tok.encode(self.ignore, add_special_tokens=False)])
+            await engine.extend([b], [self.ignore_ids(tok)])
             ignored += 1
             trace.append({"event": "trigger", "trigger": self.ignore, "position": thought, "answer_before": answer})
-        await engine.extend([b], [tok.encode(self.answer_cue, add_special_tokens=False)])
+        cue = tok.encode(self.answer_cue, add_special_tokens=False)
+        await engine.extend([b], [cue])
         trace.append({"event": "answer_cue", "position": thought})
-        out = (await engine.decode([b], self.max_answer_tokens, GREEDY, self.stop))[0]
-        sample = make_sample(b, thought + len(out), answers_before_triggers=before)
+        out = (await engine.decode([b], min(self.max_answer_tokens, self.max_tokens - thought), GREEDY, self.stop))[0]
+        forced = len(self.ignore_ids(tok)) * ignored + len(cue)
+        sample = make_sample(b, thought + len(out), answers_before_triggers=before, tokens_forced=forced)
+        # The cue opens the box; what fills it is the model's own answer.
+        sample.answer = extract_answer(self.answer_cue + tok.decode(out, skip_special_tokens=True)) or sample.answer
         trace.append({"event": "answer", "answer": sample.answer, "tokens": sample.tokens_generated})
         return self.result(prompt, sample, [sample], trace)
+
+    def ignore_ids(self, tok) -> list[int]:
+        return tok.encode(self.ignore, add_special_tokens=False)
 
     @staticmethod
     def _tokens_holding(tok, out: list[int], text: str) -> int:

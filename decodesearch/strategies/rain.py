@@ -39,9 +39,11 @@ extending the missing tokens. Randomness comes from generators seeded from each 
 the tree (derived from the root branch's seed), so results are deterministic by seed and do not
 depend on how branches are cached or batched.
 
-Differences from the official code, on purpose: a candidate that samples EOS ends there (the official
-code keeps sampling after EOS); the greedy candidate's prior is its plain joint probability (the
-official code clamps it between the samples' max+min and sum); rollouts are capped at
+Priors: the greedy candidate's joint probability is clamped into [max + min, sum] of the sampled
+candidates' joints before normalising, as the official code does (`clamp_greedy_prior=False` turns
+it off). Differences from the official code, on purpose: a candidate that samples EOS ends there
+(the official code keeps sampling after EOS), and its joint is extended to the set length by its
+per-token geometric mean so shorter sets are not favoured; rollouts are capped at
 `rollout_max_tokens`.
 """
 
@@ -64,7 +66,7 @@ from decodesearch.strategies.base import PromptFormat, Sample, SearchResult, Str
 
 __all__ = [
     "RAIN", "RainNode", "RainSearch", "selection_score", "mix_root_priors", "backup", "similarity_update",
-    "token_set_length", "DEFAULT_BOUNDARIES",
+    "token_set_length", "clamp_greedy", "DEFAULT_BOUNDARIES",
 ]
 
 DEFAULT_BOUNDARIES = (",", ".", "?", ":", ";", "\n")
@@ -108,6 +110,13 @@ def similarity_update(q: float, n: float, v: float, sim: float, weight: float = 
     if n + w <= 0:
         return q, n
     return (q * n + w * v) / (n + w), n + w
+
+
+def clamp_greedy(greedy: float, sampled: Sequence[float]) -> float:
+    """The greedy set's joint probability clamped into ``[max + min, sum]`` of the sampled sets'
+    joints (official `HH/main.py`): without it a 10-token greedy set takes ~all of the prior mass and,
+    below the root where priors are not mixed, nearly every visit."""
+    return min(max(greedy, max(sampled) + min(sampled)), sum(sampled))
 
 
 def token_set_length(step: int, lengths: Sequence[int] = (1, 2, 4, 10)) -> int:
@@ -195,7 +204,6 @@ class RainSearch:
         self.embedder = embedder
         self.prompt_len = root_branch.start
         self.eos = rain.stop.eos_ids if rain.stop.eos_ids is not None else engine.eos_ids
-        self.stop_window = max(map(len, rain.stop.strings), default=0) + 12  # tokens decoded by _stop_hit
         self.root = RainNode(None, (), 1.0, step=0, seq_len=root_branch.length, seed=root_branch.seed)
         self.root.branch = root_branch
         self.committed: list[int] = list(root_branch.tokens)
@@ -232,13 +240,10 @@ class RainSearch:
             node = node.parent
         return [t for s in reversed(sets) for t in s]
 
-    def _stop_hit(self, ids: Sequence[int]) -> bool:
-        """Whether a stop string occurs in the text of the last `stop_window` tokens of `ids`."""
-        strings = self.rain.stop.strings
-        if not strings:
-            return False
-        text = self.tok.decode(list(ids[-self.stop_window :]), skip_special_tokens=False)
-        return any(s in text for s in strings)
+    def _stop_hit(self, response: Sequence[int]) -> bool:
+        """Whether a stop string occurs at the end of `response` (tokens after the prompt only, so a
+        stop string inside the prompt never fires): the engine's one stop rule."""
+        return self.rain.stop.hit(self.tok, response)
 
     def _ends_clause(self, text: str) -> bool:
         t = text.rstrip(" \t")
@@ -351,7 +356,7 @@ class RainSearch:
                 elif r.kind == "rollout" and self._ends_clause(self.tok.decode(r.out, skip_special_tokens=True)):
                     r.stop = "boundary"
                 elif r.kind != "rollout" and rain.stop.strings and self._stop_hit(
-                        r.branch.tokens[-self.stop_window :] + [tok]):
+                        r.branch.tokens[self.prompt_len :] + [tok]):
                     r.stop = "stop_string"
                 else:
                     still.append(r)
@@ -401,7 +406,13 @@ class RainSearch:
         return child
 
     def _children_from_rows(self, parent: RainNode, rows: list[_Row]) -> None:
+        """New children from decoded candidate rows (duplicates and empty sets dropped). A set that
+        ended at EOS after m of L tokens gets the joint ``exp(logp · L / m)`` (its per-token geometric
+        mean over L tokens, EOS counted), so a shorter set is not favoured by having fewer factors.
+        With `clamp_greedy_prior`, the greedy set's joint is clamped into ``[max + min, sum]`` of the
+        sampled sets' joints, as the official code does before normalising (`clamp_greedy`)."""
         seen = {(c.tokens, c.terminal == "eos") for c in parent.children}
+        made: list[tuple[RainNode, str]] = []
         for r in rows:
             key = (tuple(r.out), r.stop == "eos")
             terminal = {"eos": "eos", "stop_string": "stop_string", "context": "context"}.get(r.stop)
@@ -409,12 +420,20 @@ class RainSearch:
                 self.engine.release(r.branch)
                 continue
             seen.add(key)
-            child = self._new_child(parent, r.out, math.exp(r.logp), len(parent.children), terminal)
+            steps = len(r.out) + (r.stop == "eos")
+            logp = r.logp * r.limit / steps if r.stop == "eos" and steps < r.limit else r.logp
+            child = self._new_child(parent, r.out, math.exp(logp), len(parent.children), terminal)
+            made.append((child, r.kind))
             if terminal:
                 self.engine.release(r.branch)
             else:
                 child.branch = r.branch
                 self._touch(child)
+        sampled = [c.joint for c, kind in made if kind == "sample"]
+        if self.rain.clamp_greedy_prior and sampled:
+            for c, kind in made:
+                if kind == "greedy":
+                    c.joint = clamp_greedy(c.joint, sampled)
         self._set_priors(parent)
 
     def _top_children(self, parent: RainNode, logits: torch.Tensor, count: int) -> int:
@@ -626,12 +645,14 @@ class RAIN(Strategy):
     (official code's) default:
 
     - `num_candidates` K = 10 children per expansion; `set_lengths` (1, 2, 4, 10) token-set lengths
-      by depth; `sampler` the expansion distribution (top-15, T = 1), its greedy token set first.
+      by depth; `sampler` the expansion distribution (top-15, T = 1), its greedy token set first;
+      `clamp_greedy_prior` (on, as the official code) clamps the greedy set's joint probability.
     - `c_puct` c = 2; `root_prior_mix` ε = 0.25; `value_bounds` (-1, 1): the initial min/max of q̂'s
       normalisation (they widen if a q leaves them).
-    - `similarity_threshold` 0.95, `similarity_weight` 0.2; `embedder` ``"auto"`` (all-MiniLM-L6-v2
-      when installed, else the LM's mean hidden state), ``"minilm"``, ``"lm"``, an object with
-      ``embed(texts)``, or None (no similarity update, no dynamic addition).
+    - `similarity_threshold` 0.95, `similarity_weight` 0.2; `embedder` ``"auto"``/``"minilm"``
+      (all-MiniLM-L6-v2; an error saying how to install it when missing), ``"lm"`` (opt-in: the LM's
+      mean hidden state, on which the thresholds mean little), an object with ``embed(texts)``, or
+      None (no similarity update, no dynamic addition).
     - `add_variance_factor` 0.03, `add_value_threshold` 0.0, `max_children` 20 (dynamic addition).
     - `min_visits` T_m = 6, `value_threshold` V = 0.8, `max_visits` T = 50, `min_new_searches` 15.
     - `boundaries` ``, . ? : ;`` newline; `rollout_sampler` (T = 1, unfiltered);
@@ -670,6 +691,7 @@ class RAIN(Strategy):
         context_format: str | None = None,
         max_cached_branches: int = 32,
         trace_searches: bool = False,
+        clamp_greedy_prior: bool = True,
         max_tokens: int = 256,
         prompt_format: PromptFormat | None = None,
         **kwargs,
@@ -729,6 +751,7 @@ class RAIN(Strategy):
         self.embedder_spec = embedder
         self.max_cached_branches = max_cached_branches
         self.trace_searches = bool(trace_searches)
+        self.clamp_greedy_prior = bool(clamp_greedy_prior)
         self._embedders: dict[int, Any] = {}
 
     def default_sampler(self) -> Sampler:
