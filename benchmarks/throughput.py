@@ -176,7 +176,8 @@ def main(argv=None):
         record("greedy", serial)
         report["greedy"] = {"ratio_to_hf": full["tokens_per_s"] / hf["tokens_per_s"],
                             "ratio_to_concurrency_1": full["tokens_per_s"] / serial["tokens_per_s"],
-                            "agreement_with_hf": agreement(full["token_ids"], hf["token_ids"])}
+                            "agreement_with_hf": agreement(full["token_ids"], hf["token_ids"]),
+                            "agreement_with_concurrency_1": agreement(full["token_ids"][:k], serial["token_ids"])}
     if "sampling" in runs:
         print("sampling n=4", flush=True)
         full = engine_run(model, tok, Sampling(n=4, max_tokens=mt, sampler=SAMPLER, seed=0), problems[:m], ids[:m],
@@ -193,7 +194,8 @@ def main(argv=None):
         record("ids", full)
         serial = engine_run(model, tok, make(), problems[:k], ids[:k], args.max_rows, 1)
         record("ids", serial)
-        report["ids"] = {"b0": b0, "ratio_to_concurrency_1": full["tokens_per_s"] / serial["tokens_per_s"]}
+        report["ids"] = {"b0": b0, "ratio_to_concurrency_1": full["tokens_per_s"] / serial["tokens_per_s"],
+                         "agreement_with_concurrency_1": agreement(full["token_ids"][:k], serial["token_ids"])}
 
     print(f"\n{'':<10}{'ratio':>12}  against")
     for name, key, what in (("greedy", "ratio_to_hf", "HF generate, batches of 16"),
@@ -204,7 +206,9 @@ def main(argv=None):
             print(f"{name:<10}{report[name][key]:>11.2f}x  {what}")
     if "greedy" in report:
         a = report["greedy"]["agreement_with_hf"]
-        print(f"greedy tokens identical to HF on {a['identical']}/{a['of']} problems")
+        c = report["greedy"]["agreement_with_concurrency_1"]
+        print(f"greedy tokens identical to HF on {a['identical']}/{a['of']} problems, "
+              f"to the engine at concurrency 1 on {c['identical']}/{c['of']}")
     for rows in report["runs"].values():
         for row in rows:
             row.pop("token_ids", None)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Callable
 
@@ -203,6 +204,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     from decodesearch.bench.datasets import load_dataset
     from decodesearch.bench.report import plot, print_summary
+    from decodesearch.bench.results import shard_path
     from decodesearch.bench.runner import merge, run_bench
     from decodesearch.engine import Engine
     from decodesearch.models import load_model
@@ -214,8 +216,16 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     device = args.device if state.num_processes == 1 else str(state.device)
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=device)
     engine = Engine(model, tokenizer, max_rows=args.max_rows)
-    run_bench(engine, strategy, problems, args.out, config, rank=state.process_index,
-              world_size=state.num_processes, progress=not args.quiet, concurrency=args.concurrency)
+    try:
+        run_bench(engine, strategy, problems, args.out, config, rank=state.process_index,
+                  world_size=state.num_processes, progress=not args.quiet, concurrency=args.concurrency)
+    except KeyboardInterrupt:
+        from decodesearch.bench.results import read_results
+
+        path = args.out if state.num_processes == 1 else shard_path(args.out, state.process_index)
+        saved = len(read_results(path)[1]) if Path(path).exists() else 0
+        print(f"interrupted; {saved} records saved in {path}; rerun the same command to resume", file=sys.stderr)
+        return 130
     if state.num_processes > 1:
         state.wait_for_everyone()
         if state.is_main_process:
@@ -272,8 +282,6 @@ def _args_demo(parser: argparse.ArgumentParser) -> None:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     """The main job on embedded defaults: sampling vs self-consistency vs IDS on `arith`."""
-    from pathlib import Path
-
     from decodesearch.bench.datasets import load_dataset
     from decodesearch.bench.report import format_summary, plot, summarize
     from decodesearch.bench.runner import run_bench

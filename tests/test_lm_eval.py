@@ -95,6 +95,7 @@ def test_simple_evaluate_goes_through_the_strategy(greedy_lm, task_dir):
         expected_forwarded += n_prompt + len(ref.token_ids)
     # every prompt and generated token forwarded exactly once, through this LM's own engine
     assert lm.engine.stats.tokens_forwarded - forwarded == expected_forwarded
+    assert lm.engine.stats.peak_rows > 2  # the request batch ran concurrently (2 rows per greedy search)
     assert out["config"]["decodesearch_strategy"] == "greedy"
 
 

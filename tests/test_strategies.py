@@ -210,6 +210,7 @@ def test_generate_api_and_hf_custom_generate(llama):
         assert torch.equal(again, seqs)
         forwarded.append(engine.stats.tokens_forwarded)
     assert forwarded[0] > 0 and forwarded[1] == 2 * forwarded[0]
+    assert engine.stats.peak_rows == 4  # both rows of the batch searched at once (root + sample each)
     with pytest.raises(ValueError, match="another model"):
         model.generate(input_ids=input_ids, attention_mask=mask,
                        custom_generate=hf("greedy", tok, engine=Engine(copy.deepcopy(model), tok), max_tokens=8))
