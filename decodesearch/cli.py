@@ -67,6 +67,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
 STRATEGY_FLAGS = {
     "n": int, "b0": int, "gamma": float, "policy": str, "aggregate": str, "trigger_order": str,
     "trigger_preset": str, "schedule": str, "align": str, "align_max_tokens": int,
+    "beam_width": int, "scorer": str, "delimiter": str, "final": str,
     "min_thinking_tokens": int, "max_thinking_tokens": int, "num_ignore": int, "ignore": str,
     "max_answer_tokens": int,
 }
@@ -75,7 +76,7 @@ STRATEGY_FLAGS = {
 def _args_strategy(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("strategy")
     g.add_argument("--strategy", default="greedy", help="greedy, sampling, best_of_n, self_consistency, "
-                   "budget_forcing, ids, rain (default greedy)")
+                   "budget_forcing, ids, rain, beam_search, dvts (default greedy)")
     g.add_argument("--max-tokens", type=int, default=None, help="new-token budget per sample")
     g.add_argument("--temperature", type=float, default=None)
     g.add_argument("--top-k", type=int, default=None)

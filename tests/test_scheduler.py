@@ -17,7 +17,7 @@ from decodesearch.bench.results import read_results
 from decodesearch.engine import CapacityError, Engine, Sampler, Stop
 from decodesearch.engine.scheduler import Job, Scheduler, run_one
 from decodesearch.strategies import (
-    IDS, RAIN, BestOfN, BudgetForcing, Greedy, PromptFormat, Sampling, SelfConsistency, Strategy,
+    DVTS, IDS, RAIN, BeamSearch, BestOfN, BudgetForcing, Greedy, PromptFormat, Sampling, SelfConsistency, Strategy,
 )
 
 PLAIN = PromptFormat(instruction=None, chat=False)
@@ -46,6 +46,10 @@ STRATEGIES = {
     "budget_forcing": lambda: BudgetForcing(max_thinking_tokens=10, max_answer_tokens=4, min_thinking_tokens=6,
                                             end_of_thinking="e", prompt_format=PLAIN),
     "ids": lambda: IDS(n=2, b0=3, gamma=2.0, max_tokens=14, stop=NO_EOS, policy="force", prompt_format=PLAIN, seed=3),
+    "beam_search": lambda: BeamSearch(n=4, beam_width=2, scorer="logprob", max_tokens=12, max_steps=3, seed=6,
+                                      delimiter="e", prompt_format=PLAIN),
+    "dvts": lambda: DVTS(n=4, beam_width=2, scorer="logprob", max_tokens=12, max_steps=3, seed=7, delimiter="e",
+                         prompt_format=PLAIN),
     "rain": lambda: RAIN(num_candidates=3, set_lengths=(1, 2), max_tokens=5, rollout_max_tokens=3, max_visits=4,
                          min_new_searches=2, evaluator=_crc, embedder=None, max_cached_branches=4, seed=4,
                          prompt_format=PLAIN),

@@ -67,14 +67,25 @@ def test_ids_count_triggers_spends_the_budget_on_trigger_tokens_too(llama):
         assert s.tokens_forced == 9 and s.tokens_generated == 11
 
 
+class _SpaceTokenizer(ByteTokenizer):
+    """Id 1 (every character below "!") decodes to a space, so texts with spaces round-trip."""
+
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join(" " if i == 1 else chr(32 + i) for i in ids if not (skip_special_tokens and i == 0))
+
+
 def test_ids_answers_never_come_from_triggers(llama):
     """A trigger that states an answer ("the final answer is correct") is never an answer: not the
     final one, not one before a trigger (the model stated none), not a vote."""
-    model, tok = llama
-    leaky = "\nmake sure the final answer is correct 42.\n"
+    model, _ = llama
+    tok = _SpaceTokenizer()
+    leaky = " make sure the final answer is correct 42. "
     ids = IDS(n=2, b0=3, gamma=2.0, max_tokens=12, stop=NO_EOS, prompt_format=PLAIN, seed=1, triggers=[leaky])
     res = ids.run(Engine(model, tok), ["Q"])[0]
     assert leaky.strip() in res.samples[0].text  # the trigger went in
+    from decodesearch.scoring.answers import extract_answer
+
+    assert extract_answer(res.samples[0].text) == "correct 42"  # what reading the whole text would give
     for s in res.samples:
         assert s.answer not in ("correct", "correct 42", "42")
         assert all(a is None for a in s.answers_before_triggers)

@@ -48,34 +48,39 @@ def mean_pass_at_k(counts: Iterable[tuple[int, int]], k: int) -> float:
     return sum(vals) / len(vals)
 
 
-def _groups(answers: Sequence, is_equiv: Callable | None, key: Callable | None) -> list[tuple[int, int]]:
-    """[(index of first occurrence, count)] of equivalence groups of the non-None answers, in order."""
-    groups: list[list[int]] = []  # [first_index, count]
+def _groups(answers: Sequence, is_equiv: Callable | None, key: Callable | None,
+            weights: Sequence[float] | None = None) -> list[tuple[int, float]]:
+    """[(index of first occurrence, count or summed weight)] of equivalence groups of the non-None
+    answers, in order."""
+    groups: list[list] = []  # [first_index, count]
     by_key: dict[Hashable, int] = {}
     for i, a in enumerate(answers):
         if a is None:
             continue
+        w = 1 if weights is None else weights[i]
         if is_equiv is None:
             h = key(a) if key is not None else a
             g = by_key.get(h)
             if g is None:
                 by_key[h] = len(groups)
-                groups.append([i, 1])
+                groups.append([i, w])
             else:
-                groups[g][1] += 1
+                groups[g][1] += w
         else:
             for g in groups:
                 if is_equiv(answers[g[0]], a):
-                    g[1] += 1
+                    g[1] += w
                     break
             else:
-                groups.append([i, 1])
+                groups.append([i, w])
     return [(g[0], g[1]) for g in groups]
 
 
-def vote_index(answers: Sequence, is_equiv: Callable | None = None, key: Callable | None = None) -> int | None:
-    """Index of `majority_vote`'s winner in `answers` (its first occurrence), or None."""
-    groups = _groups(answers, is_equiv, key)
+def vote_index(answers: Sequence, is_equiv: Callable | None = None, key: Callable | None = None,
+               weights: Sequence[float] | None = None) -> int | None:
+    """Index of `majority_vote`'s winner in `answers` (its first occurrence), or None. With `weights`
+    (one per answer), a group's vote is the sum of its answers' weights (weighted best-of-N)."""
+    groups = _groups(answers, is_equiv, key, weights)
     if not groups:
         return None
     # max count; ties -> earliest first occurrence (groups are already in first-occurrence order)

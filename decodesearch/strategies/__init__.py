@@ -1,13 +1,15 @@
 """Search strategies (DESIGN §4), one file each, all on the engine; `make_strategy` by name."""
 
 from decodesearch.strategies.base import PromptFormat, Sample, SearchResult, Strategy
+from decodesearch.strategies.beam_search import BeamSearch
 from decodesearch.strategies.budget_forcing import BudgetForcing
+from decodesearch.strategies.dvts import DVTS
 from decodesearch.strategies.ids import IDS
 from decodesearch.strategies.rain import RAIN
 from decodesearch.strategies.sampling import BestOfN, Greedy, Sampling, SelfConsistency
 
 STRATEGIES: dict[str, type[Strategy]] = {
-    cls.name: cls for cls in (Greedy, Sampling, BestOfN, SelfConsistency, BudgetForcing, IDS, RAIN)
+    cls.name: cls for cls in (Greedy, Sampling, BestOfN, SelfConsistency, BudgetForcing, IDS, RAIN, BeamSearch, DVTS)
 }
 
 
@@ -19,6 +21,6 @@ def make_strategy(name: str, **kwargs) -> Strategy:
 
 
 __all__ = [
-    "BestOfN", "BudgetForcing", "Greedy", "IDS", "PromptFormat", "RAIN", "Sample", "SearchResult", "STRATEGIES",
+    "BeamSearch", "BestOfN", "BudgetForcing", "DVTS", "Greedy", "IDS", "PromptFormat", "RAIN", "Sample", "SearchResult", "STRATEGIES",
     "SelfConsistency", "Sampling", "Strategy", "make_strategy",
 ]

@@ -5,12 +5,15 @@ All n samples fork from ONE prefill of the prompt and decode together in one bat
 
 from __future__ import annotations
 
+import contextlib
 from typing import Callable
 
 from decodesearch.engine import GREEDY, Branch
 from decodesearch.engine.scheduler import SearchEngine
 from decodesearch.scoring.answers import normalize_answer
 from decodesearch.scoring.metrics import vote_index
+from decodesearch.scoring.step_scorers import AGGREGATES, DEFAULT_DELIMITER, make_step_scorer, split_steps
+from decodesearch.scoring.step_scorers import aggregate as aggregate_scores
 from decodesearch.strategies.base import Sample, SearchResult, Strategy, check_positive_int, make_sample
 
 
@@ -27,6 +30,22 @@ def best_of(samples: list[Sample], branches: list[Branch], scorer: Callable[[str
         s.score = float(scorer(s.text)) if scorer else mean_logprob(s, b)
         trace.append({"event": "score", "sample": i, "score": s.score})
     return max(range(len(samples)), key=lambda i: (samples[i].score, -i))
+
+
+def best_scored(samples: list[Sample]) -> int:
+    """Index of the sample with the highest `score` (ties: the earliest)."""
+    return max(range(len(samples)), key=lambda i: (samples[i].score, -i))
+
+
+def weighted_vote(samples: list[Sample]) -> int:
+    """Weighted best-of-N: the answer with the largest sum of `score`s wins; returns its best-scored
+    sample (ties: the earliest); `best_scored` when no sample has an answer."""
+    i = vote_index([s.answer for s in samples], key=normalize_answer, weights=[s.score for s in samples])
+    if i is None:
+        return best_scored(samples)
+    win = normalize_answer(samples[i].answer)
+    return max((j for j, s in enumerate(samples) if s.answer is not None and normalize_answer(s.answer) == win),
+               key=lambda j: (samples[j].score, -j))
 
 
 def vote(samples: list[Sample]) -> int:
@@ -58,12 +77,13 @@ class Sampling(Strategy):
         ]
         return branches, samples, trace
 
-    def choose(self, branches: list[Branch], samples: list[Sample], trace: list[dict]) -> int:
+    async def choose(self, engine: SearchEngine, prompt: str, branches: list[Branch], samples: list[Sample],
+                     trace: list[dict]) -> int:
         return 0
 
     async def search(self, engine: SearchEngine, root: Branch, prompt: str) -> SearchResult:
         branches, samples, trace = await self.draw(engine, root)
-        chosen = self.choose(branches, samples, trace)
+        chosen = await self.choose(engine, prompt, branches, samples, trace)
         trace.append({"event": "choose", "sample": chosen})
         return self.result(prompt, samples[chosen], samples, trace)
 
@@ -83,7 +103,7 @@ class SelfConsistency(Sampling):
 
     name = "self_consistency"
 
-    def choose(self, branches, samples, trace) -> int:
+    async def choose(self, engine, prompt, branches, samples, trace) -> int:
         return vote(samples)
 
 
@@ -91,19 +111,54 @@ class BestOfN(Sampling):
     """`n` samples; the one with the highest score wins (ties: the earliest).
 
     `scorer` is any `text -> float` callable (a verifier, a reward model, a `SelfJudge`); None
-    scores by `mean_logprob`, the model's own confidence.
+    scores by `mean_logprob`, the model's own confidence. Or a `step_scorer` (a spec or object, see
+    `decodesearch.scoring.step_scorers`) scores each step (split at `delimiter`), aggregated by
+    `aggregate`; with `weighted=True` the answer with the largest sum of scores wins (weighted
+    best-of-N, as in search-and-learn) and its best-scored sample is returned.
     """
 
     name = "best_of_n"
 
-    def __init__(self, n: int = 4, scorer: Callable | None = None, **kwargs):
+    def __init__(self, n: int = 4, scorer: Callable | None = None, step_scorer: str | None = None,
+                 aggregate: str = "last", weighted: bool = False, delimiter: str = DEFAULT_DELIMITER, **kwargs):
         super().__init__(n=n, **kwargs)
         if scorer is not None and not callable(scorer):
             raise ValueError(f"scorer={scorer!r} must be a callable text -> float, or None")
+        if scorer is not None and step_scorer is not None:
+            raise ValueError("give scorer or step_scorer, not both")
+        if aggregate not in AGGREGATES:
+            raise ValueError(f"aggregate={aggregate!r} is not accepted; choose one of {', '.join(AGGREGATES)}")
         self.scorer = scorer
+        self.step_scorer = None if step_scorer is None else make_step_scorer(step_scorer, delimiter)
+        self.aggregate, self.weighted, self.delimiter = aggregate, bool(weighted), delimiter
 
-    def choose(self, branches, samples, trace) -> int:
-        return best_of(samples, branches, self.scorer, trace)
+    def peak_rows(self, max_rows: int) -> int:
+        return self.n + 1 + int(getattr(self.step_scorer, "rows_needed", 0))
+
+    @contextlib.contextmanager
+    def session(self, engine):
+        prepare = getattr(self.step_scorer, "prepare", None)
+        owned = prepare(engine) if prepare is not None else False
+        try:
+            yield
+        finally:
+            if owned:
+                self.step_scorer.release(engine)
+
+    async def choose(self, engine, prompt, branches, samples, trace) -> int:
+        if self.step_scorer is None:
+            return best_of(samples, branches, self.scorer, trace)
+        steps = [split_steps(s.text, self.delimiter) for s in samples]
+        extra = {}
+        if getattr(self.step_scorer, "needs_logprobs", False):  # one step = the whole sample here
+            steps = [[s.text] for s in samples]
+            extra["logprobs"] = [[[lp for lp in b.token_logprobs[b.start:] if lp is not None]] for b in branches]
+        scores = await self.step_scorer.score_steps(engine, prompt, steps, **extra)
+        for i, (s, sc) in enumerate(zip(samples, scores)):
+            s.score = aggregate_scores(sc, self.aggregate)
+            trace.append({"event": "score", "sample": i, "score": s.score, "steps": len(sc)})
+        return weighted_vote(samples) if self.weighted else best_scored(samples)
 
 
-__all__ = ["BestOfN", "Greedy", "Sampling", "SelfConsistency", "best_of", "mean_logprob", "vote"]
+__all__ = ["BestOfN", "Greedy", "Sampling", "SelfConsistency", "best_of", "best_scored", "mean_logprob", "vote",
+           "weighted_vote"]

@@ -1,0 +1,72 @@
+"""Step-level beam search: the engine (kept beams forked at the step boundary) vs re-encoding (issue 16).
+
+The same `BeamSearch` (log-prob step scorer, so no judge forwards blur the comparison) runs on one
+MATH-500 problem on `Engine` and on `ReencodeEngine` (batch 1, every fork a cache miss that
+re-encodes the beam's whole text: what re-submitting each beam's text per step costs on an engine
+without a prefix cache, and a bound on what a block-level prefix cache can save). Same seeds, same
+sampler, so the same tokens. Prints a table and writes benchmarks/results/step_search.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from decodesearch.bench.datasets import load_dataset
+from decodesearch.engine import Engine, ReencodeEngine
+from decodesearch.models import load_model
+from decodesearch.strategies import BeamSearch
+
+RESULTS = Path(__file__).parent / "results"
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="smollm2-135m-instruct")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--data-dir", default=os.environ.get("DECODESEARCH_DATA", str(DATA)))
+    p.add_argument("--problem", type=int, default=0, help="index into math500.jsonl")
+    p.add_argument("--n", type=int, default=8)
+    p.add_argument("--beam-width", type=int, default=4)
+    p.add_argument("--max-steps", type=int, default=8)
+    p.add_argument("--max-tokens", type=int, default=256)
+    p.add_argument("--out", default=str(RESULTS / "step_search.json"))
+    args = p.parse_args(argv)
+
+    problem = load_dataset("math500", data_dir=args.data_dir)[args.problem]
+    model, tok = load_model(args.model, dtype=args.dtype)
+    rows = {}
+    for name, cls in (("engine", Engine), ("reencode", ReencodeEngine)):
+        strat = BeamSearch(n=args.n, beam_width=args.beam_width, scorer="logprob", max_steps=args.max_steps,
+                           max_tokens=args.max_tokens, seed=0)
+        engine = cls(model, tok, max_rows=args.n + 2)
+        res = strat.run(engine, [problem.problem])[0]
+        steps = [e for e in res.trace if e["event"] == "step"]
+        rows[name] = {"tokens_forwarded": res.tokens_forwarded, "tokens_generated": res.tokens_generated,
+                      "steps": len(steps), "forward_calls": engine.stats.forward_calls, "wall_s": res.wall_s,
+                      "answer": res.answer, "token_ids": res.token_ids}
+        print(f"{name}: {res.tokens_forwarded} tokens forwarded, {len(steps)} steps, {res.wall_s:.1f} s", flush=True)
+    e, r = rows["engine"], rows["reencode"]
+    result = {"model": args.model, "dtype": args.dtype, "problem_id": problem.id, "n": args.n,
+              "beam_width": args.beam_width, "max_steps": args.max_steps, "max_tokens": args.max_tokens,
+              "scorer": "logprob", "cpu_count": os.cpu_count(), "torch": torch.__version__,
+              "same_tokens": e.pop("token_ids") == r.pop("token_ids"), **rows,
+              "ratio_tokens_forwarded": r["tokens_forwarded"] / e["tokens_forwarded"],
+              "ratio_wall": r["wall_s"] / e["wall_s"]}
+    print(f"\n{'':<22}{'engine':>12}{'re-encode':>12}{'ratio':>8}")
+    for key in ("tokens_forwarded", "forward_calls", "wall_s"):
+        print(f"{key:<22}{e[key]:>12.1f}{r[key]:>12.1f}{r[key] / e[key]:>7.2f}x")
+    print(f"{'tokens_generated':<22}{e['tokens_generated']:>12}{r['tokens_generated']:>12}")
+    print(f"same chosen tokens on both engines: {result['same_tokens']}")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
