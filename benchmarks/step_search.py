@@ -47,10 +47,10 @@ def main(argv=None):
         engine = cls(model, tok, max_rows=args.n + 2)
         res = strat.run(engine, [problem.problem])[0]
         steps = [e for e in res.trace if e["event"] == "step"]
-        rows[name] = {"tokens_forwarded": res.tokens_forwarded, "tokens_generated": res.tokens_generated,
+        rows[name] = {"tokens_forwarded": engine.stats.tokens_forwarded, "tokens_generated": res.tokens_generated,
                       "steps": len(steps), "forward_calls": engine.stats.forward_calls, "wall_s": res.wall_s,
                       "answer": res.answer, "token_ids": res.token_ids}
-        print(f"{name}: {res.tokens_forwarded} tokens forwarded, {len(steps)} steps, {res.wall_s:.1f} s", flush=True)
+        print(f"{name}: {engine.stats.tokens_forwarded} tokens forwarded, {len(steps)} steps, {res.wall_s:.1f} s", flush=True)
     e, r = rows["engine"], rows["reencode"]
     result = {"model": args.model, "dtype": args.dtype, "problem_id": problem.id, "n": args.n,
               "beam_width": args.beam_width, "max_steps": args.max_steps, "max_tokens": args.max_tokens,

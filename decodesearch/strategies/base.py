@@ -43,7 +43,9 @@ class Sample:
 class SearchResult:
     """The outcome of a search on one prompt. `text`/`answer`/`token_ids` are the final choice;
     `trace` is a list of events, each a dict with at least `event` (fork, trigger, rewind, score,
-    answer, ...). Token counts are per prompt; `tokens_forwarded` is what the engine forwarded."""
+    answer, ...). Token counts are per prompt; `tokens_forwarded` counts the tokens this search gave
+    the engine to forward (prefill, extend, decode: on `Engine` exactly what was forwarded for it; a
+    `ReencodeEngine`'s re-encoding shows in its `engine.stats` only)."""
 
     prompt: str
     text: str

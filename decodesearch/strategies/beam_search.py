@@ -82,6 +82,15 @@ class BeamSearch(Strategy):
             if owned:
                 self.scorer.release(engine)
 
+    @staticmethod
+    def _sample(engine: SearchEngine, beam: Beam) -> Sample:
+        """A finished beam as a `Sample`; its row is released."""
+        b = beam.branch
+        sample = Sample(text=b.text, answer=extract_answer(model_text(b)), tokens_generated=beam.tokens,
+                        token_ids=list(b.new_tokens), stop_reason=b.stop_reason, score=beam.score)
+        engine.release(b)
+        return sample
+
     def keep(self, active: list[Beam]) -> list[Beam]:
         """The beams that go on (best aggregated score first; ties: the earlier beam)."""
         ranked = sorted(range(len(active)), key=lambda i: (-active[i].score, i))
@@ -93,7 +102,7 @@ class BeamSearch(Strategy):
     async def search(self, engine: SearchEngine, root: Branch, prompt: str) -> SearchResult:
         step_stop = Stop(eos_ids=self.stop.eos_ids, strings=self.stop.strings + (self.delimiter,))
         active = await self.first_beams(engine, root)
-        finished: list[Beam] = []
+        finished: list[Sample] = []
         trace: list[dict] = [{"event": "fork", "n": self.n, "beam_width": self.beam_width}]
         generated = 0  # tokens sampled in the whole tree (a kept beam's shared prefix counts once)
         for step in range(self.max_steps):
@@ -112,7 +121,7 @@ class BeamSearch(Strategy):
             scores = await self.scorer.score_steps(engine, prompt, [b.steps for b in active], **extra)
             for beam, s in zip(active, scores):
                 beam.score = aggregate(s, self.aggregate)
-            finished += [b for b in active if b.done]
+            finished += [self._sample(engine, b) for b in active if b.done]  # rows freed at once
             going = [b for b in active if not b.done]
             kept = self.keep(going)
             for b in going:
@@ -121,15 +130,13 @@ class BeamSearch(Strategy):
             trace.append({"event": "step", "step": step, "scores": [round(b.score, 6) for b in active],
                           "finished": sum(b.done for b in active), "kept": len(kept)})
             if not kept or step == self.max_steps - 1:
-                finished += kept
+                finished += [self._sample(engine, b) for b in kept]
                 break
             active = []
             for b in kept:
                 kids = await engine.fork(b.branch, self.beam_width - 1)
                 active += [b] + [b.child(k) for k in kids]
-        samples = [Sample(text=b.branch.text, answer=extract_answer(model_text(b.branch)), tokens_generated=b.tokens,
-                          token_ids=list(b.branch.new_tokens), stop_reason=b.branch.stop_reason, score=b.score)
-                   for b in finished]
+        samples = finished
         chosen = weighted_vote(samples) if self.final == "weighted" else best_scored(samples)
         trace.append({"event": "choose", "sample": chosen, "final": self.final})
         result = self.result(prompt, samples[chosen], samples, trace)
