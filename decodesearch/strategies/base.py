@@ -171,9 +171,23 @@ class Strategy:
                     f.result.wall_s = f.wall_s
                 yield f
 
+    def shared_judge(self):
+        """The evaluator or scorer whose prefix all searches of a run share (it has `prepare(engine)`
+        and `release(engine)`), or None."""
+        return None
+
+    @contextlib.contextmanager
     def session(self, engine: Engine):
-        """A context manager around a batch of searches on `engine` (e.g. to prefill a shared prefix)."""
-        return contextlib.nullcontext()
+        """Around a batch of searches on `engine`: the shared judge prefix is prefilled once for all
+        of them and released after (unless it was live already)."""
+        judge = self.shared_judge()
+        prepare = getattr(judge, "prepare", None)
+        owned = prepare(engine) if prepare is not None else False
+        try:
+            yield
+        finally:
+            if owned:
+                judge.release(engine)
 
     async def solve(self, engine: SearchEngine, ids: list[int], prompt: str, seed: int) -> SearchResult:
         """Prefill `ids` as the root (seeded with `seed`) and search from it."""

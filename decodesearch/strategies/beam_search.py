@@ -16,10 +16,9 @@ offline `self_judge`; pass "logprob", "prm:<path>" or a scorer object.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 
-from decodesearch.engine import Branch, Engine, Sampler, Stop
+from decodesearch.engine import Branch, Sampler, Stop
 from decodesearch.engine.scheduler import SearchEngine
 from decodesearch.scoring.answers import extract_answer
 from decodesearch.scoring.step_scorers import AGGREGATES, DEFAULT_DELIMITER, aggregate, make_step_scorer
@@ -72,15 +71,8 @@ class BeamSearch(Strategy):
     def peak_rows(self, max_rows: int) -> int:
         return self.n + 1 + int(getattr(self.scorer, "rows_needed", 0))
 
-    @contextlib.contextmanager
-    def session(self, engine: Engine):
-        prepare = getattr(self.scorer, "prepare", None)
-        owned = prepare(engine) if prepare is not None else False
-        try:
-            yield
-        finally:
-            if owned:
-                self.scorer.release(engine)
+    def shared_judge(self):
+        return self.scorer
 
     @staticmethod
     def _sample(engine: SearchEngine, beam: Beam) -> Sample:

@@ -49,7 +49,6 @@ per-token geometric mean so shorter sets are not favoured; rollouts are capped a
 
 from __future__ import annotations
 
-import contextlib
 import math
 from typing import Any, Sequence
 
@@ -790,16 +789,8 @@ class RAIN(Strategy):
                              "rows + root, leaf and a spare)")
         return min(max_rows, max(need, max(self.max_cached_branches, self.num_candidates + 2) + self.judge_rows()))
 
-    @contextlib.contextmanager
-    def session(self, engine: Engine):
-        """The judge's few-shot prefix is prefilled once for all prompts of a run, and released after."""
-        prepare = getattr(self.evaluator, "prepare", None)
-        owned = prepare(engine) if prepare is not None else False
-        try:
-            yield
-        finally:
-            if owned:
-                self.evaluator.release(engine)
+    def shared_judge(self):
+        return self.evaluator
 
     async def search(self, engine: SearchEngine, root: Branch, prompt: str) -> SearchResult:
         trace: list[dict] = []

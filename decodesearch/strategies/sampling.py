@@ -5,7 +5,6 @@ All n samples fork from ONE prefill of the prompt and decode together in one bat
 
 from __future__ import annotations
 
-import contextlib
 from typing import Callable
 
 from decodesearch.engine import GREEDY, Branch
@@ -135,15 +134,8 @@ class BestOfN(Sampling):
     def peak_rows(self, max_rows: int) -> int:
         return self.n + 1 + int(getattr(self.step_scorer, "rows_needed", 0))
 
-    @contextlib.contextmanager
-    def session(self, engine):
-        prepare = getattr(self.step_scorer, "prepare", None)
-        owned = prepare(engine) if prepare is not None else False
-        try:
-            yield
-        finally:
-            if owned:
-                self.step_scorer.release(engine)
+    def shared_judge(self):
+        return self.step_scorer
 
     async def choose(self, engine, prompt, branches, samples, trace) -> int:
         if self.step_scorer is None:
