@@ -193,3 +193,25 @@ def test_reencode_engine_same_tokens_more_forwarding(tiny_llama):
         stats.append(engine.stats.tokens_forwarded)
     assert outs[0] == outs[1]
     assert stats[1] > 2 * stats[0]
+
+
+def test_reencode_engine_miss_on_extend_holds_through_the_scheduler(tiny_llama):
+    """The re-encode baseline must pay for an `extend` on every route (the scheduler forwards through
+    `_forward`, not `extend`): with miss_on_extend the next logits re-encode the whole sequence."""
+    from decodesearch.engine import ReencodeEngine
+    from decodesearch.engine.scheduler import run_one
+
+    model, tok = tiny_llama
+
+    async def prefill_extend(ctx):
+        b = await ctx.prefill([1, 2, 3, 4, 5])
+        ctx.logits([b])
+        await ctx.extend([b], [[6, 7, 8]])
+        ctx.logits([b])
+
+    costs = []
+    for miss in (False, True):
+        engine = ReencodeEngine(model, tok, miss_on_extend=miss)
+        run_one(engine, prefill_extend)
+        costs.append(engine.stats.tokens_forwarded)
+    assert costs == [5 + 3, 5 + 8]

@@ -27,13 +27,6 @@ class ReencodeEngine(Engine):
         super().__init__(model, tokenizer, **kwargs)
         self.miss_on_extend = miss_on_extend
 
-    @torch.no_grad()
-    def extend(self, branches, ids_per_branch) -> None:
-        super().extend(branches, ids_per_branch)
-        if self.miss_on_extend:
-            for b in branches:
-                b._reencode_cache = None
-
     def _copy_state(self, branch: Branch, children: list[Branch]) -> None:
         pass  # a child starts with no cache: its first use re-encodes its whole sequence
 
@@ -41,10 +34,14 @@ class ReencodeEngine(Engine):
         branch._reencode_cache = None  # a rewind is a cache miss
 
     def _forward(self, branches, ids, logprobs=None) -> None:
-        # Tokens are only recorded here; they are encoded lazily when logits are needed.
+        # Tokens are only recorded here; they are encoded lazily when logits are needed. Teacher-forced
+        # tokens (no log-probs: a prefill or an `extend`) are a cache miss with `miss_on_extend`.
         for i, (b, x) in enumerate(zip(branches, ids)):
+            lps = [None] * len(x) if logprobs is None else logprobs[i]
+            if self.miss_on_extend and all(lp is None for lp in lps):
+                b._reencode_cache = None
             b.tokens.extend(x)
-            b.token_logprobs.extend([None] * len(x) if logprobs is None else logprobs[i])
+            b.token_logprobs.extend(lps)
 
     def _logits(self, bs: Sequence[Branch]) -> torch.Tensor:
         rows = []
