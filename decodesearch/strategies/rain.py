@@ -239,11 +239,6 @@ class RainSearch:
             node = node.parent
         return [t for s in reversed(sets) for t in s]
 
-    def _stop_hit(self, response: Sequence[int]) -> bool:
-        """Whether a stop string occurs at the end of `response` (tokens after the prompt only, so a
-        stop string inside the prompt never fires): the engine's one stop rule."""
-        return self.rain.stop.hit(self.tok, response)
-
     def _ends_clause(self, text: str) -> bool:
         t = text.rstrip(" \t")
         return any(t.endswith(b) for b in self.rain.boundaries) if t else False
@@ -254,7 +249,7 @@ class RainSearch:
             self.done = node.terminal
         elif resp >= self.rain.max_tokens:
             self.done = "length"
-        elif self.rain.stop.strings and self._stop_hit(self.committed[self.prompt_len:]):
+        elif self.rain.stop.hit(self.tok, self.committed[self.prompt_len:]):  # response tokens only
             self.done = "stop_string"
 
     # ------------------------------------------------------------------ branch pool
@@ -354,8 +349,7 @@ class RainSearch:
                     r.stop = "context"
                 elif r.kind == "rollout" and self._ends_clause(self.tok.decode(r.out, skip_special_tokens=True)):
                     r.stop = "boundary"
-                elif r.kind != "rollout" and rain.stop.strings and self._stop_hit(
-                        r.branch.tokens[self.prompt_len :] + [tok]):
+                elif r.kind != "rollout" and rain.stop.strings and rain.stop.hit(self.tok, r.branch.tokens[self.prompt_len :] + [tok]):
                     r.stop = "stop_string"
                 else:
                     still.append(r)
@@ -455,7 +449,7 @@ class RainSearch:
                 continue
             have.add(tokens)
             terminal = "eos" if t in self.eos else None
-            if terminal is None and self.rain.stop.strings and self._stop_hit(resp + [t]):
+            if terminal is None and self.rain.stop.hit(self.tok, resp + [t]):
                 terminal = "stop_string"
             self._new_child(parent, tokens, float(probs[t]), len(parent.children), terminal)
             added += 1
