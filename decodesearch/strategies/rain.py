@@ -349,7 +349,8 @@ class RainSearch:
                     r.stop = "context"
                 elif r.kind == "rollout" and self._ends_clause(self.tok.decode(r.out, skip_special_tokens=True)):
                     r.stop = "boundary"
-                elif r.kind != "rollout" and rain.stop.strings and rain.stop.hit(self.tok, r.branch.tokens[self.prompt_len :] + [tok]):
+                elif r.kind != "rollout" and rain.stop.strings and rain.stop.hit(
+                        self.tok, r.branch.tokens[self.prompt_len :] + [tok]):
                     r.stop = "stop_string"
                 else:
                     still.append(r)
