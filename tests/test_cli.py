@@ -108,6 +108,14 @@ def test_strategy_option_errors(capsys):
     assert "does not apply to strategy 'sampling'" in capsys.readouterr().err
 
 
+def test_ids_options_are_validated_each_on_its_own(capsys):
+    """A bad policy is reported as a policy error (with the accepted values) even when b0 is bad too."""
+    assert main(["generate", "--strategy", "ids", "--policy", "bogus", "--b0", "200", "--max-tokens", "64", "x"]) == 1
+    err = capsys.readouterr().err
+    assert "policy='bogus'" in err and "accept, force" in err and "b0=200" in err and "1..max_tokens (64)" in err
+    assert len(err.strip().splitlines()) == 1
+
+
 def test_demo_bad_model_reports_error(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("DECODESEARCH_CACHE", str(tmp_path))
     assert main(["demo", "--model", "no-such-model"]) == 1

@@ -268,3 +268,23 @@ def test_smollm2_end_to_end(smollm2, name, opts):
     if name == "ids":
         assert [e["position"] for e in res.trace if e["event"] == "trigger" and e["sample"] == 0][:1] in ([], [8])
     assert engine.live_branches == []
+
+
+@pytest.mark.parametrize("make", [
+    lambda: IDS(n=2, b0=4, max_tokens=64, policy="force", stop=NO_EOS, prompt_format=PLAIN, seed=0),
+    lambda: BudgetForcing(max_thinking_tokens=60, max_answer_tokens=8, num_ignore=3, ignore="Wait",
+                          stop=Stop(eos_ids=(5, 6, 7)), prompt_format=PLAIN, seed=0),
+], ids=["ids", "budget_forcing"])
+def test_near_the_context_limit_stops_with_reason_context(llama, make):
+    """Prompts a few tokens short of max_position_embeddings (256): every search ends, none raises, and a
+    sample cut by the limit says so (stop reason "context"); the engine stays usable."""
+    model, tok = llama
+    engine = Engine(model, tok)
+    strat = make()
+    prompts = ["y" * k for k in (150, 200, 215, 225, 232, 240, 250, 254)]
+    results = strat.run(engine, prompts)
+    for p, r in zip(prompts, results):
+        assert all(s.stop_reason in ("eos", "stop_string", "length", "context") for s in r.samples)
+        assert len(p) + max(len(s.token_ids) for s in r.samples) <= 256
+    assert all(s.stop_reason == "context" for r in results[-3:] for s in r.samples)
+    assert not engine.live_branches

@@ -7,7 +7,10 @@ never appended) and the `ignore` string ("Wait") is teacher-forced, and thinking
 `answer_cue` is forced and the answer decoded (at most `max_answer_tokens`). `max_tokens` (default
 thinking + answer) bounds both together: thinking stops `max_answer_tokens` before it, the answer
 at it. The answer is read from the cue plus the model's answer tokens (the cue opens the
-`\\boxed{`); answers before each "Wait" only from the model's own explicit statements.
+`\\boxed{`); answers before each "Wait" only from the model's own explicit statements. Near the
+model's context limit thinking stops early so the cue still fits (no "Wait" is forced without
+room for it); the sample then has stop reason "context" (a prompt leaving no room for the cue
+gets no answer), and nothing raises.
 """
 
 from __future__ import annotations
@@ -60,12 +63,23 @@ class BudgetForcing(Strategy):
         tok = engine.tokenizer
         b = (await engine.fork(root, 1))[0]
         think_stop = Stop(eos_ids=self.stop.eos_ids, strings=self.stop.strings + (self.end_of_thinking,))
+        cue = tok.encode(self.answer_cue, add_special_tokens=False)
+        ignore = self.ignore_ids(tok)
+
+        def room() -> int:  # thinking tokens that still leave the cue and one answer token in the context
+            return engine.max_context - b.length - len(cue) - 1
+
         # `max_tokens` bounds thinking + answer together (a caller's budget, e.g. lm-eval's max_gen_toks).
         think_cap = min(self.max_thinking_tokens, max(0, self.max_tokens - self.max_answer_tokens))
         thought, ignored, before, trace = 0, 0, [], []
+        hit_context = False
         while True:
-            out = (await engine.decode([b], think_cap - thought, self.sampler, think_stop))[0]
+            want = think_cap - thought
+            limit = max(0, min(want, room() - 1))  # decode stops one short of the context itself
+            out = (await engine.decode([b], limit, self.sampler, think_stop))[0] if limit > 0 else []
             thought += len(out)
+            if limit < want and b.stop_reason not in ("eos", "stop_string"):
+                b.stop_reason, hit_context = "context", True
             trace.append({"event": "think", "tokens": len(out), "stop": b.stop_reason})
             ended = b.stop_reason in ("eos", "stop_string")
             wants_more = ignored < self.num_ignore or thought < self.min_thinking_tokens
@@ -75,20 +89,32 @@ class BudgetForcing(Strategy):
                 cut = self._tokens_holding(tok, out, self.end_of_thinking)
                 engine.rewind(b, cut)
                 trace.append({"event": "rewind", "tokens": cut})
+            if len(ignore) + 1 > room():  # no room to force the continuation and still answer
+                b.stop_reason, hit_context = "context", True
+                trace.append({"event": "context", "position": thought})
+                break
             answer = extract_answer(model_text(b), explicit=True)
             before.append(answer)
-            await engine.extend([b], [self.ignore_ids(tok)])
+            await engine.extend([b], [ignore])
             ignored += 1
             trace.append({"event": "trigger", "trigger": self.ignore, "position": thought, "answer_before": answer})
-        cue = tok.encode(self.answer_cue, add_special_tokens=False)
-        await engine.extend([b], [cue])
-        trace.append({"event": "answer_cue", "position": thought})
-        out = (await engine.decode([b], min(self.max_answer_tokens, self.max_tokens - thought), GREEDY, self.stop))[0]
-        forced = len(self.ignore_ids(tok)) * ignored + len(cue)
+        out: list[int] = []
+        cued = room() >= 0
+        if cued:
+            await engine.extend([b], [cue])
+            trace.append({"event": "answer_cue", "position": thought})
+            out = (await engine.decode([b], min(self.max_answer_tokens, self.max_tokens - thought), GREEDY, self.stop))[0]
+            forced = len(ignore) * ignored + len(cue)
+        else:  # the prompt leaves no room for the cue: stop at the context limit, without an answer
+            hit_context = True
+            forced = len(ignore) * ignored
+        if hit_context and b.stop_reason not in ("eos", "stop_string"):
+            b.stop_reason = "context"
         sample = make_sample(b, thought + len(out), answers_before_triggers=before, tokens_forced=forced)
-        # The cue opens the box; what fills it is the model's own answer.
-        sample.answer = extract_answer(self.answer_cue + tok.decode(out, skip_special_tokens=True)) or sample.answer
-        trace.append({"event": "answer", "answer": sample.answer, "tokens": sample.tokens_generated})
+        if cued:  # the cue opens the box; what fills it is the model's own answer
+            sample.answer = extract_answer(self.answer_cue + tok.decode(out, skip_special_tokens=True)) or sample.answer
+        trace.append({"event": "answer", "answer": sample.answer, "tokens": sample.tokens_generated,
+                      "stop": sample.stop_reason})
         return self.result(prompt, sample, [sample], trace)
 
     def ignore_ids(self, tok) -> list[int]:

@@ -104,25 +104,16 @@ class IDS(Strategy):
         scorer: Callable[[str], float] | None = None,
         **kwargs,
     ):
-        check_positive_int("n", n)
-        check_positive_int("max_tokens", max_tokens)
-        if b0 is None:
-            b0 = min(128, max(1, max_tokens // 4))
-        check_positive_int("b0", b0)
-        check_positive_int("align_max_tokens", align_max_tokens)
-        if b0 > max_tokens:
-            raise ValueError(f"b0={b0} is out of range; accepted: 1..max_tokens ({max_tokens})")
-        if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not gamma > 1:
-            raise ValueError(f"gamma={gamma!r} is out of range; accepted: a number > 1")
-        if trigger_preset is not None:
-            if trigger_preset not in TRIGGER_PRESETS:
-                raise ValueError(f"trigger_preset={trigger_preset!r} is not accepted; choose one of "
-                                 f"{', '.join(TRIGGER_PRESETS)}")
-            if triggers is not DEFAULT_TRIGGERS:
-                raise ValueError("give triggers or trigger_preset, not both")
-            triggers = TRIGGER_PRESETS[trigger_preset]
-        if isinstance(triggers, str) or not triggers or not all(isinstance(t, str) and t for t in triggers):
-            raise ValueError("triggers must be a non-empty list of non-empty strings")
+        # Each option is checked on its own and every bad one is reported (one error, one line each),
+        # so a bad `policy` is never reported as a `b0` problem.
+        problems: list[str] = []
+
+        def check(fn, *args, **kw):
+            try:
+                fn(*args, **kw)
+            except ValueError as exc:
+                problems.append(str(exc))
+
         for name, value, allowed in (
             ("trigger_order", trigger_order, TRIGGER_ORDERS),
             ("policy", policy, POLICIES),
@@ -130,8 +121,32 @@ class IDS(Strategy):
             ("schedule", schedule, SCHEDULES),
             ("align", align, ALIGNS),
         ):
-            if value not in allowed:
-                raise ValueError(f"{name}={value!r} is not accepted; choose one of {', '.join(allowed)}")
+            if not isinstance(value, str) or value not in allowed:
+                problems.append(f"{name}={value!r} is not accepted; choose one of {', '.join(allowed)}")
+        check(check_positive_int, "n", n)
+        check(check_positive_int, "max_tokens", max_tokens)
+        check(check_positive_int, "align_max_tokens", align_max_tokens)
+        max_ok = isinstance(max_tokens, int) and not isinstance(max_tokens, bool) and max_tokens >= 1
+        if b0 is None:
+            b0 = min(128, max(1, max_tokens // 4)) if max_ok else 1
+        else:
+            check(check_positive_int, "b0", b0)
+            if max_ok and isinstance(b0, int) and not isinstance(b0, bool) and b0 > max_tokens:
+                problems.append(f"b0={b0} is out of range; accepted: 1..max_tokens ({max_tokens})")
+        if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not gamma > 1:
+            problems.append(f"gamma={gamma!r} is out of range; accepted: a number > 1")
+        if trigger_preset is not None:
+            if trigger_preset not in TRIGGER_PRESETS:
+                problems.append(f"trigger_preset={trigger_preset!r} is not accepted; choose one of "
+                                f"{', '.join(TRIGGER_PRESETS)}")
+            elif triggers is not DEFAULT_TRIGGERS:
+                problems.append("give triggers or trigger_preset, not both")
+            else:
+                triggers = TRIGGER_PRESETS[trigger_preset]
+        if isinstance(triggers, str) or not triggers or not all(isinstance(t, str) and t for t in triggers):
+            problems.append("triggers must be a non-empty list of non-empty strings")
+        if problems:
+            raise ValueError("; ".join(problems))
         super().__init__(max_tokens=max_tokens, **kwargs)
         self.n, self.b0, self.gamma = n, b0, float(gamma)
         self.triggers = list(triggers)
