@@ -288,3 +288,27 @@ def test_near_the_context_limit_stops_with_reason_context(llama, make):
         assert len(p) + max(len(s.token_ids) for s in r.samples) <= 256
     assert all(s.stop_reason == "context" for r in results[-3:] for s in r.samples)
     assert not engine.live_branches
+
+
+def test_hf_custom_generate_caps_by_max_new_tokens_and_warns_on_sampling_settings(llama):
+    """`generate(max_new_tokens=...)` caps the strategy's budget; a sampling setting the strategy
+    overrides is named in a warning (no warning when none is given)."""
+    model, tok = llama
+    ids = torch.tensor([tok.encode("a prompt of some length")])
+    with pytest.warns(UserWarning, match=r"'temperature': 0.3.*not used"):
+        out = model.generate(input_ids=ids, max_new_tokens=5, temperature=0.3, do_sample=True,
+                             return_dict_in_generate=True,
+                             custom_generate=hf("sampling", tok, n=2, max_tokens=40, stop=NO_EOS, prompt_format=PLAIN))
+    assert [s.tokens_generated for s in out.results[0].samples] == [5, 5]
+    assert out.sequences.shape[1] == ids.shape[1] + 5
+    ids_strategy = IDS(n=2, b0=2, max_tokens=40, stop=NO_EOS, prompt_format=PLAIN)
+    out = model.generate(input_ids=ids, max_new_tokens=7, return_dict_in_generate=True,
+                         custom_generate=hf(ids_strategy, tok))
+    res = out.results[0]
+    assert [s.tokens_generated for s in res.samples] == [7, 7]
+    assert sorted({e["position"] for e in res.trace if e["event"] == "trigger"}) == [2, 4]
+    assert ids_strategy.max_tokens == 40  # the caller's strategy is not changed
+    import warnings
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="decodesearch")
+        model.generate(input_ids=ids, max_new_tokens=3, custom_generate=hf("greedy", tok, prompt_format=PLAIN))
