@@ -76,6 +76,52 @@ def test_stops_are_per_branch(tiny_llama):
     assert torch.allclose(engine.logits([c])[0], fresh_logits(model, c.tokens), atol=1e-4)
 
 
+def test_stop_preceding_tokens_and_boundaries(tiny_llama):
+    model, tok = tiny_llama
+    engine = Engine(model, tok)
+    root = engine.prefill([10, 11, 12])
+    greedy = engine.decode(engine.fork(root, 1), 12)[0]
+    # A stop string that spans the last preceding token and the first new one: found only with `preceding`.
+    pre = engine.decode(engine.fork(root, 1), 1)[0]
+    mid = engine.fork(root, 1)[0]
+    engine.extend([mid], [pre])
+    text = tok.decode([pre[0], greedy[1]])
+    assert text not in tok.decode(greedy[1:2]) and text not in tok.decode(pre)
+    a, b = engine.fork(mid, 2)
+    out_a = engine.decode([a], 1, stop=Stop(eos_ids=(), strings=(text,)))[0]
+    out_b = engine.decode([b], 2, stop=Stop(eos_ids=(), strings=(text,), preceding=tuple(pre)))[0]
+    assert out_a.stop_reason == "length" and list(out_a) == greedy[1:2]
+    assert out_b.stop_reason == "stop_string" and list(out_b) == greedy[1:2]
+    # A boundary stops the branch whose new text ends with it (trailing spaces ignored), kept.
+    end = tok.decode(greedy[:3]).rstrip(" \t")[-1:]
+    k = min(j for j in range(1, 13) if tok.decode(greedy[:j]).rstrip(" \t").endswith(end))
+    out = engine.decode(engine.fork(root, 1), 12, stop=Stop(eos_ids=(), boundaries=(end,)))[0]
+    assert out.stop_reason == "stop_string" and list(out) == greedy[:k]
+    with pytest.raises(ValueError, match="boundaries"):
+        Stop(boundaries=("",))
+
+
+def test_decode_scores_picks_under_a_sampler(tiny_llama):
+    """`score_under`: the summed log-prob of each pick under that sampler's filtered distribution,
+    the same as stepping by hand with fresh logits."""
+    from decodesearch.engine.sampling import filtered_probs
+
+    model, tok = tiny_llama
+    engine = Engine(model, tok, seed=5)
+    a, b = engine.fork(engine.prefill([10, 11, 12]), 2)
+    under = Sampler(temperature=0.7, top_k=20)
+    [out_a, out_b] = engine.decode([a, b], 8, [Sampler(temperature=0.7, top_k=20), Sampler(temperature=0)],
+                                   stop=Stop(eos_ids=()), score_under=[under, None])
+    assert len(out_a) == 8 and out_b.score == 0.0
+    want, prefix = 0.0, [10, 11, 12]
+    for t in out_a:
+        want += float(torch.log(filtered_probs(fresh_logits(model, prefix)[None], [under])[0, t]))
+        prefix = prefix + [t]
+    assert out_a.score == pytest.approx(want, abs=1e-3) and want < 0
+    with pytest.raises(ValueError, match="score_under"):
+        engine.decode([a], 2, score_under=[under, under])
+
+
 def test_logprobs_match_log_softmax(tiny_llama):
     model, tok = tiny_llama
     engine = Engine(model, tok)

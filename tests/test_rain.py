@@ -337,6 +337,32 @@ def test_rain_prefills_the_judge_prefix_once_per_run(tiny_llama):
     assert engine.live_branches == []
 
 
+def test_rain_rows_of_different_problems_share_decode_steps(tiny_llama):
+    """RAIN decodes through the engine's per-row decode: candidate rows (scored for the prior) and
+    rollout rows of two problems are picked in one `sample_step`, and the results equal a serial run."""
+    model, tok = tiny_llama
+
+    class Recording(Engine):
+        steps: list = []
+
+        def sample_step(self, rows):
+            self.steps.append([(r.branch.tokens[: r.branch.start], r.score_under is not None) for r in rows])
+            return super().sample_step(rows)
+
+    def make():
+        return RAIN(num_candidates=3, set_lengths=(2, 3), max_tokens=6, rollout_max_tokens=3, max_visits=4,
+                    min_new_searches=2, evaluator=crc_value, embedder=None, max_cached_branches=12, seed=4)
+
+    engine = Recording(model, tok, max_rows=48)
+    together = make().run(engine, ["first problem", "second one"], concurrency=2)
+    mixed = [st for st in engine.steps if len({tuple(p) for p, _ in st}) > 1]
+    assert any(any(scored for _, scored in st) for st in mixed)  # candidates of both problems in one step
+    assert any(any(not scored for _, scored in st) for st in engine.steps)  # rollout rows go the same way
+    serial = make().run(Engine(model, tok, max_rows=48), ["first problem", "second one"], concurrency=1)
+    assert [r.samples[0].token_ids for r in together] == [r.samples[0].token_ids for r in serial]
+    assert all(r.tokens_generated > 0 for r in together)
+
+
 def test_builtin_templates_and_callables():
     for name in ("harmless", "truthful", "math_step"):
         j = SelfJudge(name)

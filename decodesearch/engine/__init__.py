@@ -1,7 +1,7 @@
 """The branching decode engine (DESIGN §2)."""
 
-from decodesearch.engine.engine import Branch, CapacityError, Engine, EngineStats, derive_seed
+from decodesearch.engine.engine import Branch, CapacityError, Decoded, Engine, EngineStats, derive_seed
 from decodesearch.engine.reencode import ReencodeEngine
 from decodesearch.engine.sampling import GREEDY, Sampler, Stop
 
-__all__ = ["Branch", "CapacityError", "Engine", "EngineStats", "GREEDY", "ReencodeEngine", "Sampler", "Stop", "derive_seed"]
+__all__ = ["Branch", "CapacityError", "Decoded", "Engine", "EngineStats", "GREEDY", "ReencodeEngine", "Sampler", "Stop", "derive_seed"]

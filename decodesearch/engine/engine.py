@@ -11,12 +11,13 @@ logits without a forward.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
 import torch
 
-from decodesearch.engine.sampling import GREEDY, Sampler, Stop, sample_rows
+from decodesearch.engine.sampling import GREEDY, Sampler, Stop, filtered_probs, sample_rows
 from decodesearch.engine.store import BranchKVStore, CallContext
 from decodesearch.kernels import score
 
@@ -94,21 +95,44 @@ class Branch:
             self._generator = torch.Generator().manual_seed(self.seed)
         return self._generator
 
+    def reseed(self, seed: int) -> None:
+        """Restart this branch's sampling generator from `seed` (its next draws depend only on it)."""
+        self.seed = int(seed)
+        self._generator = torch.Generator().manual_seed(self.seed)
+
     def __repr__(self) -> str:
         state = "released" if self.released else f"row={self.row}"
         return f"Branch({state}, length={self.length}, start={self.start}, stop={self.stop_reason})"
 
 
+class Decoded(list):
+    """The tokens one branch added in a `decode` (EOS never included), with why it stopped
+    (`stop_reason`: eos, stop_string, length or context) and `score`: with `score_under`, the
+    summed natural-log probability of every pick (a final EOS included) under that sampler's
+    filtered distribution, else 0.0."""
+
+    def __init__(self, tokens: Sequence[int], stop_reason: str | None, score: float = 0.0):
+        super().__init__(tokens)
+        self.stop_reason = stop_reason
+        self.score = score
+
+
 class DecodeRow:
     """One branch inside a decode: its token budget `limit`, its `sampler` and `stop` rule, the
-    EOS ids in force, the tokens it added so far (`out`) and, once it stopped, `stop_reason`."""
+    EOS ids in force, the sampler its picks are scored under (`score_under`, or None) and the
+    running `score`, the tokens it added so far (`out`) and, once it stopped, `stop_reason`."""
 
-    __slots__ = ("branch", "limit", "sampler", "stop", "eos", "out", "stop_reason")
+    __slots__ = ("branch", "limit", "sampler", "stop", "eos", "score_under", "score", "out", "stop_reason")
 
-    def __init__(self, branch: Branch, limit: int, sampler: Sampler, stop: Stop, eos: frozenset[int]):
+    def __init__(self, branch: Branch, limit: int, sampler: Sampler, stop: Stop, eos: frozenset[int],
+                 score_under: Sampler | None = None):
         self.branch, self.limit, self.sampler, self.stop, self.eos = branch, limit, sampler, stop, eos
+        self.score_under, self.score = score_under, 0.0
         self.out: list[int] = []
         self.stop_reason: str | None = None if limit else "length"
+
+    def result(self) -> Decoded:
+        return Decoded(self.out, self.stop_reason, self.score)
 
 
 class Engine:
@@ -250,23 +274,26 @@ class Engine:
         max_new_tokens: int | Sequence[int],
         sampler: Sampler | Sequence[Sampler] = GREEDY,
         stop: Stop | Sequence[Stop] | None = None,
-    ) -> list[list[int]]:
+        score_under: Sampler | Sequence[Sampler | None] | None = None,
+    ) -> list[Decoded]:
         """Sample up to `max_new_tokens` per branch, all live branches in one forward per step.
-        `max_new_tokens`, `sampler` and `stop` are each one value for all branches or one per branch.
+        `max_new_tokens`, `sampler`, `stop` and `score_under` are each one value for all branches or
+        one per branch.
 
-        Each branch stops on its own: `eos` (the EOS id is not appended), `stop_string` (kept),
-        `length` or `context`. Returns the new tokens of each branch; sets `stop_reason`.
+        Each branch stops on its own: `eos` (the EOS id is not appended), `stop_string` (a stop
+        string or boundary, kept), `length` or `context`. Returns each branch's `Decoded` (its new
+        tokens, stop reason and score); also sets the branch's `stop_reason`.
         """
-        rows = self.decode_rows(branches, max_new_tokens, sampler, stop)
+        rows = self.decode_rows(branches, max_new_tokens, sampler, stop, score_under)
         live = [r for r in rows if r.stop_reason is None]
         while live:
             step = self.sample_step(live)
             if step:
                 self._forward([r.branch for r, _, _ in step], [[t] for _, t, _ in step], [[lp] for _, _, lp in step])
             live = [r for r in live if r.stop_reason is None]
-        return [r.out for r in rows]
+        return [r.result() for r in rows]
 
-    def decode_rows(self, branches, max_new_tokens, sampler=GREEDY, stop=None) -> list[DecodeRow]:
+    def decode_rows(self, branches, max_new_tokens, sampler=GREEDY, stop=None, score_under=None) -> list[DecodeRow]:
         """Checked `DecodeRow`s for `decode`'s arguments (a branch with a budget of 0 has stopped)."""
         branches = list(branches)
         self._check_live(branches)
@@ -282,10 +309,13 @@ class Engine:
             raise ValueError("sampler must be a Sampler or one Sampler per branch")
         if len(stops) != n or not all(s is None or isinstance(s, Stop) for s in stops):
             raise ValueError("stop must be a Stop, None, or one per branch")
+        scorers = [score_under] * n if score_under is None or isinstance(score_under, Sampler) else list(score_under)
+        if len(scorers) != n or not all(s is None or isinstance(s, Sampler) for s in scorers):
+            raise ValueError("score_under must be a Sampler, None, or one per branch")
         rows = []
-        for b, m, smp, st in zip(branches, limits, samplers, stops):
+        for b, m, smp, st, sc in zip(branches, limits, samplers, stops, scorers):
             st = st or _NO_STOP
-            rows.append(DecodeRow(b, m, smp, st, self.eos_ids if st.eos_ids is None else st.eos_ids))
+            rows.append(DecodeRow(b, m, smp, st, self.eos_ids if st.eos_ids is None else st.eos_ids, sc))
             b.stop_reason = rows[-1].stop_reason
         return rows
 
@@ -298,6 +328,13 @@ class Engine:
         logits = self._logits(bs)
         picked = sample_rows(logits, [r.sampler for r in rows], [None if r.sampler.greedy else b.generator for r, b in zip(rows, bs)])
         chosen_lp = score(logits, picked[:, None].to(logits.device), check_ids=False)[1][:, 0].tolist()
+        scored = [i for i, r in enumerate(rows) if r.score_under is not None]
+        if scored:
+            idx = torch.tensor(scored, device=logits.device)
+            probs = filtered_probs(logits[idx], [rows[i].score_under for i in scored])
+            p = probs.gather(-1, picked[idx].unsqueeze(-1).to(probs.device)).squeeze(-1).tolist()
+            for i, pi in zip(scored, p):
+                rows[i].score += math.log(pi) if pi > 0 else -math.inf
         step = []
         for r, tok, lp in zip(rows, picked.tolist(), chosen_lp):
             b = r.branch

@@ -110,26 +110,47 @@ def sample_rows(logits: torch.Tensor, samplers: Sequence[Sampler],
 
 @dataclass(frozen=True)
 class Stop:
-    """When a branch stops decoding: an EOS id (not appended), a stop string in its new text
-    (kept), or `max_new_tokens` (checked by `Engine.decode`). `eos_ids=None` means the model's."""
+    """When a branch stops decoding: an EOS id (not appended), a stop string in its text (kept), a
+    clause boundary that its new text ends with (kept), or `max_new_tokens` (checked by
+    `Engine.decode`). `eos_ids=None` means the model's.
+
+    `strings` are matched in the new tokens, after the `preceding` tokens (e.g. the response
+    before this decode, so a string that spans the two is found; never the prompt). `boundaries`
+    (e.g. ".", "\\n") stop a branch whose new text, without trailing spaces and tabs, ends with one.
+    """
 
     eos_ids: frozenset[int] | None = None
     strings: tuple[str, ...] = field(default_factory=tuple)
+    boundaries: tuple[str, ...] = field(default_factory=tuple)
+    preceding: tuple[int, ...] = field(default_factory=tuple)
 
     def hit(self, tokenizer, new_tokens: Sequence[int]) -> bool:
-        """Whether a stop string occurs in the text of the last tokens of `new_tokens` (the new
-        tokens only, never the prompt; a window of the longest string's length + 2 tokens)."""
-        if not self.strings:
-            return False
-        window = max(map(len, self.strings)) + 2
-        text = tokenizer.decode(list(new_tokens[-window:]), skip_special_tokens=False)
-        return any(s in text for s in self.strings)
+        """Whether a stop string occurs in the last tokens of `preceding + new_tokens` (a window of
+        the longest string's length + 2 tokens), or the new text ends with a boundary."""
+        if self.strings:
+            window = max(map(len, self.strings)) + 2
+            tail = list(new_tokens[-window:])
+            if len(tail) < window and self.preceding:
+                tail = list(self.preceding[len(tail) - window:]) + tail
+            text = tokenizer.decode(tail, skip_special_tokens=False)
+            if any(s in text for s in self.strings):
+                return True
+        if self.boundaries and new_tokens:
+            longest = max(map(len, self.boundaries))
+            text = tokenizer.decode(list(new_tokens[-(longest + 8):]), skip_special_tokens=True).rstrip(" \t")
+            if len(text) < longest and len(new_tokens) > longest + 8:  # a whitespace run: read it all
+                text = tokenizer.decode(list(new_tokens), skip_special_tokens=True).rstrip(" \t")
+            return any(text.endswith(b) for b in self.boundaries) if text else False
+        return False
 
     def __post_init__(self):
-        if isinstance(self.strings, str):
-            raise ValueError("strings must be a sequence of stop strings, not one string")
-        if any(not s for s in self.strings):
-            raise ValueError("strings: stop strings must be non-empty")
+        for name in ("strings", "boundaries"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                raise ValueError(f"{name} must be a sequence of strings, not one string")
+            if any(not isinstance(s, str) or not s for s in value):
+                raise ValueError(f"{name}: each entry must be a non-empty string")
+            object.__setattr__(self, name, tuple(value))
         if self.eos_ids is not None:
             object.__setattr__(self, "eos_ids", frozenset(int(i) for i in self.eos_ids))
-        object.__setattr__(self, "strings", tuple(self.strings))
+        object.__setattr__(self, "preceding", tuple(int(t) for t in self.preceding))

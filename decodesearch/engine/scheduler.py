@@ -30,7 +30,7 @@ from typing import Any, Awaitable, Callable, Iterable, Iterator, Sequence
 
 import torch
 
-from decodesearch.engine.engine import Branch, CapacityError, DecodeRow, Engine
+from decodesearch.engine.engine import Branch, CapacityError, Decoded, DecodeRow, Engine
 from decodesearch.engine.sampling import GREEDY, Sampler, Stop
 
 
@@ -108,12 +108,13 @@ class SearchEngine:
 
     async def decode(self, branches: Sequence[Branch], max_new_tokens: int | Sequence[int],
                      sampler: Sampler | Sequence[Sampler] = GREEDY,
-                     stop: Stop | Sequence[Stop] | None = None) -> list[list[int]]:
+                     stop: Stop | Sequence[Stop] | None = None,
+                     score_under: Sampler | Sequence[Sampler | None] | None = None) -> list[Decoded]:
         """As `Engine.decode`; the rows decode in the scheduler's shared steps."""
-        rows = self.engine.decode_rows(branches, max_new_tokens, sampler, stop)
+        rows = self.engine.decode_rows(branches, max_new_tokens, sampler, stop, score_under)
         if any(r.stop_reason is None for r in rows):
             await _Decode(rows)
-        return [r.out for r in rows]
+        return [r.result() for r in rows]
 
     def rewind(self, branch: Branch, n: int) -> None:
         self.engine.rewind(branch, n)
@@ -306,7 +307,7 @@ class Scheduler:
             if isinstance(t.waiting, _Forward):
                 t.send, t.waiting, t.ready = t.waiting.result, None, True
             elif isinstance(t.waiting, _Decode) and all(r.stop_reason is not None for r in t.waiting.rows):
-                t.send, t.waiting, t.ready = [r.out for r in t.waiting.rows], None, True
+                t.send, t.waiting, t.ready = [r.result() for r in t.waiting.rows], None, True
         return True
 
     def _forward(self, group: list[tuple[_Task, Branch, list[int], list | None]]) -> None:

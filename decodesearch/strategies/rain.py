@@ -54,9 +54,8 @@ from typing import Any, Sequence
 
 import torch
 
-from decodesearch.engine import Branch, Engine, Sampler, derive_seed
+from decodesearch.engine import GREEDY, Branch, Engine, Sampler, Stop, derive_seed
 from decodesearch.engine.engine import CapacityError
-from decodesearch.engine.sampling import draw
 from decodesearch.engine.scheduler import SearchEngine
 from decodesearch.scoring.answers import extract_answer
 from decodesearch.scoring.embeddings import EMBEDDERS, cosine, make_embedder
@@ -171,19 +170,17 @@ class RainNode:
 
 
 class _Row:
-    """One row of a batched step loop: a branch, how it picks tokens, when it stops."""
+    """One row of a batched decode: a branch, how it picks tokens (`kind`: greedy, sample or
+    rollout), its token budget and generator seed; then what it decoded (`out`, the prior's
+    log-probability `logp`, `stop`)."""
 
-    __slots__ = ("branch", "kind", "limit", "generator", "out", "logp", "stop")
+    __slots__ = ("branch", "kind", "limit", "seed", "out", "logp", "stop")
 
-    def __init__(self, branch: Branch, kind: str, limit: int, generator: torch.Generator | None):
-        self.branch, self.kind, self.limit, self.generator = branch, kind, limit, generator
+    def __init__(self, branch: Branch, kind: str, limit: int, seed: int):
+        self.branch, self.kind, self.limit, self.seed = branch, kind, limit, seed
         self.out: list[int] = []
         self.logp = 0.0
         self.stop: str | None = None
-
-
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 class RainSearch:
@@ -203,6 +200,7 @@ class RainSearch:
         self.embedder = embedder
         self.prompt_len = root_branch.start
         self.eos = rain.stop.eos_ids if rain.stop.eos_ids is not None else engine.eos_ids
+        self.rollout_stop = Stop(eos_ids=self.eos, boundaries=rain.boundaries)  # a rollout ends a clause
         self.root = RainNode(None, (), 1.0, step=0, seq_len=root_branch.length, seed=root_branch.seed)
         self.root.branch = root_branch
         self.committed: list[int] = list(root_branch.tokens)
@@ -238,10 +236,6 @@ class RainSearch:
             sets.append(node.tokens)
             node = node.parent
         return [t for s in reversed(sets) for t in s]
-
-    def _ends_clause(self, text: str) -> bool:
-        t = text.rstrip(" \t")
-        return any(t.endswith(b) for b in self.rain.boundaries) if t else False
 
     def _check_done(self, node: RainNode) -> None:
         resp = len(self.committed) - self.prompt_len
@@ -310,53 +304,29 @@ class RainSearch:
 
     # ------------------------------------------------------------------ batched decoding
 
-    async def _decode_rows(self, rows: list[_Row]) -> None:
-        """Step all rows together, one forward per step: ``greedy`` / ``sample`` rows use the
-        expansion sampler's distribution (their log-probs are summed for the prior), ``rollout`` rows
-        the rollout sampler and stop at a clause boundary. EOS is never appended."""
-        rain, engine = self.rain, self.engine
-        live = [r for r in rows if r.limit > 0]
+    async def _decode_rows(self, rows: list[_Row], resp: Sequence[int]) -> None:
+        """Decode all rows in the engine's shared steps (with every other search in flight).
+        ``greedy`` / ``sample`` rows are candidate sets after the response `resp`: their picks are
+        scored under the expansion distribution (summed into `logp` for the prior) and they stop at
+        a stop string of the response (never the prompt); the ``rollout`` row uses the rollout
+        sampler and stops at a clause boundary. EOS is never appended."""
+        if not rows:
+            return
+        rain = self.rain
+        strings = rain.stop.strings
+        tail = tuple(resp[-(max(map(len, strings)) + 2):]) if strings else ()
+        candidate_stop = Stop(eos_ids=self.eos, strings=strings, preceding=tail)
+        prior = Sampler(temperature=1.0) if rain.sampler.greedy else rain.sampler  # as `prior_probs`
+        samplers, stops, scorers = [], [], []
         for r in rows:
-            if r.limit <= 0:
-                r.stop = "length"
-        while live:
-            logits = engine.logits([r.branch for r in live])
-            picked = logits.argmax(dim=-1)
-            exp_idx = [i for i, r in enumerate(live) if r.kind != "rollout"]
-            probs = rain.prior_probs(logits[exp_idx]) if exp_idx else None
-            sample_pos = [j for j, i in enumerate(exp_idx) if live[i].kind == "sample"]
-            if sample_pos and not rain.sampler.greedy:  # drawn from the distribution the priors use
-                idx = [exp_idx[j] for j in sample_pos]
-                picked[idx] = draw(probs[sample_pos], [live[i].generator for i in idx]).to(picked.device)
-            idx = [i for i, r in enumerate(live) if r.kind == "rollout"]
-            if idx and not rain.rollout_sampler.greedy:
-                picked[idx] = rain.rollout_sampler.sample(logits[idx], [live[i].generator for i in idx]).to(picked.device)
-            if exp_idx:
-                chosen = probs.gather(-1, picked[exp_idx].unsqueeze(-1).to(probs.device)).squeeze(-1)
-                for i, p in zip(exp_idx, chosen.tolist()):
-                    live[i].logp += math.log(p) if p > 0 else -math.inf
-            step_b, step_ids, still = [], [], []
-            for r, tok in zip(live, picked.tolist()):
-                if tok in self.eos:
-                    r.stop = "eos"
-                    continue
-                r.out.append(tok)
-                step_b.append(r.branch)
-                step_ids.append([tok])
-                if len(r.out) >= r.limit:
-                    r.stop = "length"
-                elif r.branch.length + 1 >= engine.max_context:
-                    r.stop = "context"
-                elif r.kind == "rollout" and self._ends_clause(self.tok.decode(r.out, skip_special_tokens=True)):
-                    r.stop = "boundary"
-                elif r.kind != "rollout" and rain.stop.strings and rain.stop.hit(
-                        self.tok, r.branch.tokens[self.prompt_len :] + [tok]):
-                    r.stop = "stop_string"
-                else:
-                    still.append(r)
-            if step_b:
-                await engine.extend(step_b, step_ids)
-            live = still
+            r.branch.reseed(r.seed)
+            rollout = r.kind == "rollout"
+            samplers.append(rain.rollout_sampler if rollout else GREEDY if r.kind == "greedy" else rain.sampler)
+            stops.append(self.rollout_stop if rollout else candidate_stop)
+            scorers.append(None if rollout else prior)
+        outs = await self.engine.decode([r.branch for r in rows], [r.limit for r in rows], samplers, stops, scorers)
+        for r, out in zip(rows, outs):
+            r.out, r.logp, r.stop = list(out), out.score, out.stop_reason
 
     # ------------------------------------------------------------------ tree operations
 
@@ -480,8 +450,8 @@ class RainSearch:
         else:
             self._make_room(1, [*pinned, node])
             fork = (await self.engine.fork(branch, 1))[0]
-            row = _Row(fork, "sample", expand, _gen(derive_seed(node.seed, _ADD + node.added)))
-            await self._decode_rows([row])
+            row = _Row(fork, "sample", expand, derive_seed(node.seed, _ADD + node.added))
+            await self._decode_rows([row], self.response_tokens(node))
             self._children_from_rows(node, [row])
         node.added += 1
         self.counters["children_added"] += len(kids) - before
@@ -511,13 +481,11 @@ class RainSearch:
                 self._make_room(rain.num_candidates, path)
                 forks = await engine.fork(branch, rain.num_candidates)
                 for j, f in enumerate(forks):
-                    rows.append(_Row(f, "greedy" if j == 0 else "sample", expand,
-                                     _gen(derive_seed(leaf.seed, _EXPAND + j))))
-            text_so_far = self.tok.decode(resp, skip_special_tokens=True)
-            if rain.rollout_max_tokens > 0 and not self._ends_clause(text_so_far):
+                    rows.append(_Row(f, "greedy" if j == 0 else "sample", expand, derive_seed(leaf.seed, _EXPAND + j)))
+            if rain.rollout_max_tokens > 0 and not self.rollout_stop.hit(self.tok, resp):
                 rows.insert(0, _Row(branch, "rollout", rain.rollout_max_tokens,
-                                    _gen(derive_seed(leaf.seed, _ROLLOUT + leaf.evals))))
-            await self._decode_rows(rows)
+                                    derive_seed(leaf.seed, _ROLLOUT + leaf.evals)))
+            await self._decode_rows(rows, resp)
             if rows and rows[0].kind == "rollout":
                 rollout = rows[0].out
                 self.counters["rollout_tokens"] += len(rollout)
