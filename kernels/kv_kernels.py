@@ -59,7 +59,29 @@ def _check_layers(layers_k, layers_v) -> list[torch.Tensor]:
             raise ValueError(f"{name} has dtype {t.dtype}, but layers_k[0] has {first.dtype}; all must share one dtype")
         if t.shape[0] != first.shape[0]:
             raise ValueError(f"{name} has {t.shape[0]} rows, but layers_k[0] has {first.shape[0]}; all must share the row count")
+        if _may_overlap_internally(t):
+            raise ValueError(
+                f"{name} has internally overlapping memory (strides {tuple(t.stride())} for shape {tuple(t.shape)}, "
+                "e.g. an expand()ed / stride-0 view): the copy writes in place, so every element must have its "
+                "own memory (clone() the tensor)"
+            )
     return tensors
+
+
+def _may_overlap_internally(t: torch.Tensor) -> bool:
+    """True unless ``t``'s elements provably have distinct addresses (conservative).
+
+    Dims of size > 1 sorted by stride: each stride must exceed the span of all smaller dims.
+    Stride-0 (expanded) dims fail; so do the rare interleaved layouts that do not overlap.
+    """
+    if t.numel() <= 1:
+        return False
+    span = 0  # largest offset reachable with the dims seen so far
+    for stride, size in sorted((abs(st), sz) for sz, st in zip(t.shape, t.stride()) if sz > 1):
+        if stride <= span:
+            return True
+        span += (size - 1) * stride
+    return False
 
 
 def _to_host_index(x, name: str) -> torch.Tensor:
@@ -235,6 +257,7 @@ def kv_gather_reference(layers_k, layers_v, rows, col_index, col_count) -> None:
 _TABLE_CACHE: "OrderedDict[tuple, tuple]" = OrderedDict()
 _TABLE_CACHE_SIZE = 32
 _TILE_BYTES = 16384  # bytes one program moves per tile (kv_copy) / per loop step (kv_gather)
+TRITON_ELEMENT_SIZES = (1, 2, 4, 8)  # bytes; the kernels move elements as int8/16/32/64
 
 if triton is not None:
 
@@ -342,6 +365,16 @@ if triton is not None:
                 tl.store(rbase + j[:, None].to(tl.int64) * s_col + d_off[None, :], vals, mask=mask)
 
 
+def interpreted() -> bool:
+    """Whether the Triton kernels were defined under ``TRITON_INTERPRET=1`` (they then run only on
+    CPU tensors; the dispatcher never sends CUDA tensors to them)."""
+    if triton is None:
+        return False
+    from triton.runtime.interpreter import InterpretedFunction
+
+    return isinstance(_kv_copy_kernel, InterpretedFunction)
+
+
 def _require_triton() -> None:
     if triton is None:
         raise RuntimeError("the Triton kernels need the `triton` package, which is not installed")
@@ -352,9 +385,37 @@ def _on_device(device: torch.device):
     return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
+def _upload(host: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Copy a small host tensor (indices, metadata) to ``device`` without a stream sync on CUDA:
+    through pinned memory with ``non_blocking=True`` (the caching host allocator keeps the pinned
+    block alive until the copy has run)."""
+    if device.type != "cuda":
+        return host.to(device)
+    return host.pin_memory().to(device, non_blocking=True)
+
+
+def _check_triton_tensors(tensors: list[torch.Tensor]) -> None:
+    """What the Triton path cannot move: element sizes other than 1/2/4/8 bytes (it moves whole
+    elements as same-sized integers). ``ValueError`` naming the first offending tensor."""
+    es = tensors[0].element_size()
+    if es not in TRITON_ELEMENT_SIZES:
+        raise ValueError(
+            f"layers_k[0] has dtype {tensors[0].dtype} ({es}-byte elements); the Triton kernels move 1, 2, 4 or "
+            "8-byte elements only (use the torch reference, DECODESEARCH_KERNELS=reference, for this dtype)"
+        )
+
+
 def _table(tensors: list[torch.Tensor]):
-    """(device table, max_heads, max_head_dim, contiguous head_dim?, 16-byte aligned?), cached by layout."""
-    key = (tensors[0].device, tuple((t.data_ptr(), tuple(t.shape), t.stride()) for t in tensors))
+    """(device table, max_heads, max_head_dim, contiguous head_dim?, 16-byte aligned?), cached by layout.
+
+    The key holds the dtype: the alignment flag depends on the element size, and tensors of two
+    dtypes can share a pointer, shape and strides (views of one buffer, or a freed and reused block).
+    """
+    key = (
+        tensors[0].device,
+        tensors[0].dtype,
+        tuple((t.data_ptr(), tuple(t.shape), t.stride()) for t in tensors),
+    )
     hit = _TABLE_CACHE.get(key)
     if hit is not None:
         _TABLE_CACHE.move_to_end(key)
@@ -370,8 +431,8 @@ def _table(tensors: list[torch.Tensor]):
         contig &= sd == 1 or hd == 1
         aligned &= t.data_ptr() % 16 == 0 and all((s * es) % 16 == 0 for s in (sr, sh, sc, hd))
     contig_all = bool(contig)
-    aligned = bool(aligned and contig_all and es in (1, 2, 4, 8))
-    dev_table = torch.tensor(rows, dtype=torch.int64).to(tensors[0].device)
+    aligned = bool(aligned and contig_all and es in TRITON_ELEMENT_SIZES)
+    dev_table = _upload(torch.tensor(rows, dtype=torch.int64), tensors[0].device)
     value = (
         dev_table,
         max(t.shape[1] for t in tensors),
@@ -404,6 +465,7 @@ def kv_copy_triton(layers_k, layers_v, src_rows, dst_rows, ncols: int) -> None:
     """
     tensors, src, dst, ncols = _validate_copy(layers_k, layers_v, src_rows, dst_rows, ncols)
     _require_triton()
+    _check_triton_tensors(tensors)
     tensors = [t for t in tensors if t.numel()]  # no heads / head_dim 0: nothing to move
     n = src.numel()
     if n == 0 or ncols == 0 or not tensors:
@@ -414,7 +476,7 @@ def kv_copy_triton(layers_k, layers_v, src_rows, dst_rows, ncols: int) -> None:
     block_c, block_d = _blocks(max_hd, es, ncols)
     n_cblk = triton.cdiv(ncols, block_c)
     _check_grid(len(tensors), max_heads)
-    idx = torch.stack([src, dst]).to(device)
+    idx = _upload(torch.stack([src, dst]), device)
     grid = (n * n_cblk, len(tensors), max_heads)
     with _on_device(device):
         _kv_copy_kernel[grid](
@@ -431,6 +493,7 @@ def kv_gather_triton(layers_k, layers_v, rows, col_index, col_count) -> None:
     """
     tensors, r, idx, cnt, start = _validate_gather(layers_k, layers_v, rows, col_index, col_count)
     _require_triton()
+    _check_triton_tensors(tensors)
     tensors = [t for t in tensors if t.numel()]
     n = r.numel()
     if n == 0 or not tensors or bool((start >= cnt).all()):
@@ -441,11 +504,11 @@ def kv_gather_triton(layers_k, layers_v, rows, col_index, col_count) -> None:
     width = idx.shape[1]
     block_c, block_d = _blocks(max_hd, es, width)
     _check_grid(len(tensors), max_heads)
-    meta = torch.stack([r, cnt, start]).to(device)
+    meta = _upload(torch.stack([r, cnt, start]), device)
     if isinstance(col_index, torch.Tensor) and col_index.device == device:
         dev_idx = col_index.contiguous()
     else:
-        dev_idx = idx.to(device)
+        dev_idx = _upload(idx, device)
     grid = (n, len(tensors), max_heads)
     with _on_device(device):
         _kv_gather_kernel[grid](

@@ -49,7 +49,11 @@ def _validate_score(logits, token_ids, check_ids: bool = True) -> tuple[torch.Te
         raise ValueError(f"token_ids must be a 2-D tensor [B={B}, C], got {shape}")
     if token_ids.dtype not in (torch.int32, torch.int64):
         raise ValueError(f"token_ids must be int32 or int64, got {token_ids.dtype}")
-    token_ids = token_ids.to(logits.device)
+    if token_ids.device != logits.device:
+        if logits.device.type == "cuda" and token_ids.device.type == "cpu":  # no stream sync
+            token_ids = token_ids.pin_memory().to(logits.device, non_blocking=True)
+        else:
+            token_ids = token_ids.to(logits.device)
     if check_ids and token_ids.numel():  # one small device->host read
         lo, hi = (int(v) for v in torch.stack(torch.aminmax(token_ids)).tolist())
         if lo < 0 or hi >= V:
@@ -195,6 +199,30 @@ if triton is not None:
 
 
 _SM_COUNT: dict = {}
+MAX_SPLITS = 1024  # programs per row: under the grid's y limit (65535); bounds the merge block
+_GRID_Y_MAX = 65535
+
+
+def _launch_plan(B: int, V: int, device: torch.device, block_v: int | None, splits: int | None):
+    """``(block_v, splits, chunk)``: vocabulary block, programs per row (grid y) and vocabulary
+    entries per program (a multiple of ``block_v``; ``splits * chunk >= V > (splits - 1) * chunk``).
+
+    ``splits`` is clamped to ``[1, min(blocks, MAX_SPLITS)]`` whatever the overrides ask: the
+    grid's y dimension may not exceed 65535 and the merge kernel holds all splits of a row in one
+    block."""
+    if block_v is None:
+        block_v = min(4096, triton.next_power_of_2(V))
+    if isinstance(block_v, bool) or not isinstance(block_v, int) or block_v < 1 or block_v & (block_v - 1):
+        raise ValueError(f"block_v must be a power of two, got {block_v}")
+    n_blocks = triton.cdiv(V, block_v)
+    if splits is None:
+        splits = max(1, min(n_blocks, (4 * _sm_count(device)) // max(B, 1)))
+    if splits < 1:
+        raise ValueError(f"splits must be >= 1, got {splits}")
+    splits = min(splits, n_blocks, MAX_SPLITS, _GRID_Y_MAX)
+    chunk = triton.cdiv(n_blocks, splits) * block_v
+    splits = triton.cdiv(V, chunk)
+    return block_v, splits, chunk
 
 
 def _sm_count(device: torch.device) -> int:
@@ -236,18 +264,7 @@ def score_triton(
     ent = torch.empty(B, dtype=torch.float32, device=device)
     if B == 0:
         return lse, lp, ent
-    if block_v is None:
-        block_v = min(4096, triton.next_power_of_2(V))
-    if block_v < 1 or block_v & (block_v - 1):
-        raise ValueError(f"block_v must be a power of two, got {block_v}")
-    n_blocks = triton.cdiv(V, block_v)
-    if splits is None:
-        splits = max(1, min(n_blocks, (4 * _sm_count(device)) // B))
-    if splits < 1:
-        raise ValueError(f"splits must be >= 1, got {splits}")
-    splits = min(splits, n_blocks)
-    chunk = triton.cdiv(n_blocks, splits) * block_v
-    splits = triton.cdiv(V, chunk)
+    block_v, splits, chunk = _launch_plan(B, V, device, block_v, splits)
     block_t = max(1, min(128, triton.next_power_of_2(max(C, 1))))
     num_warps = 8 if block_v >= 4096 else 4
     final = splits == 1
