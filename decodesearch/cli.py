@@ -101,6 +101,59 @@ def _args_model(parser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
 
 
+def _hub_unreachable(timeout_s: float = 3.0) -> str | None:
+    """Why the HF hub cannot be reached now (offline mode, no route, no name resolution), or None."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    if any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on")
+           for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")):
+        return "offline mode is set (HF_HUB_OFFLINE)"
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as e:
+        return f"{host}:{port} is unreachable ({e})"
+    return None
+
+
+def check_model_source(name: str) -> None:
+    """Fail fast for a hub id that cannot load: the hub is unreachable and the id is not in the local
+    HF cache (instead of transformers' retries and traceback). A cached hub id with the hub
+    unreachable is then loaded in offline mode, without retries. Registry names and folders pass."""
+    import os
+
+    from decodesearch.models import REGISTRY
+
+    text = str(name)
+    if text.strip().lower() in REGISTRY or os.path.exists(text) or "/" not in text:
+        return
+    reason = _hub_unreachable()
+    if reason is None:
+        return
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    try:
+        cached = isinstance(try_to_load_from_cache(text, "config.json"), str)
+    except Exception:  # not a valid repo id: let the loader say what is wrong
+        return
+    if not cached:
+        raise ValueError(f"--model {text!r}: not in the local HF cache and the hub cannot be used: {reason}; "
+                         "give a registry name (see `decodesearch models`), a local folder, or download it first")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    constants.HF_HUB_OFFLINE = True  # huggingface_hub read the variable at import
+
+
+def load(args: argparse.Namespace, device: str | None = None):
+    """`(model, tokenizer)` for --model/--dtype/--device (`device` overrides --device)."""
+    from decodesearch.models import load_model
+
+    check_model_source(args.model)
+    return load_model(args.model, dtype=args.dtype, device=device or args.device)
+
+
 def _parse_value(text: str):
     for cast in (int, float):
         try:
@@ -145,6 +198,16 @@ def build_strategy(name: str, options: dict):
         raise ValueError(f"an option does not apply to strategy {name!r}: {exc}") from None
 
 
+def check_rows(strategy, max_rows: int) -> None:
+    """--max-rows must hold one search of `strategy` (checked before the model loads)."""
+    if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1:
+        raise ValueError(f"--max-rows {max_rows!r} is out of range; accepted: an int >= 1")
+    peak = strategy.peak_rows(max_rows)
+    if peak > max_rows:
+        raise ValueError(f"--max-rows {max_rows} is too small for strategy {strategy.name!r}: one search holds "
+                         f"up to {peak} rows; accepted: --max-rows >= {peak}")
+
+
 def _compact_trace(result) -> str:
     lines = []
     for e in result.trace:
@@ -162,10 +225,10 @@ def _compact_trace(result) -> str:
 
 def _cmd_generate(args: argparse.Namespace) -> int:
     from decodesearch.engine import Engine
-    from decodesearch.models import load_model
 
     strategy = build_strategy(args.strategy, strategy_options(args))
-    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
+    check_rows(strategy, args.max_rows)
+    model, tokenizer = load(args)
     engine = Engine(model, tokenizer, max_rows=args.max_rows)
     for result in strategy.run(engine, args.prompts, concurrency=args.concurrency):
         print(f"prompt: {result.prompt}")
@@ -190,14 +253,25 @@ def _args_bench(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", required=True, help="math500, aime24, aime25, arith, or a JSONL file")
     parser.add_argument("--data-dir", default=None, help="folder with math500.jsonl / aime2024.jsonl (offline)")
     parser.add_argument("--out", required=True, help="results JSONL (appended; a rerun resumes)")
+    parser.add_argument("--kind", default="auto", choices=("auto", "math", "aime"),
+                        help="answer check: math (math-verify), aime (integers) or auto (the dataset's; a local "
+                             "file whose gold answers are all integers is aime) (default auto)")
+    parser.add_argument("--retry-errors", action="store_true",
+                        help="also rerun problems recorded with an error (a resumed run skips them otherwise)")
     parser.add_argument("--limit", type=int, default=None, help="first N problems only")
     parser.add_argument("--plot", default=None, help="also draw accuracy vs mean tokens to this PNG")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def bench_config(args: argparse.Namespace) -> dict:
-    return {"model": args.model, "dataset": args.dataset, "strategy": args.strategy, "dtype": args.dtype,
-            "options": strategy_options(args), "limit": args.limit}
+def bench_config(args: argparse.Namespace, problems=None) -> dict:
+    """The results header's configuration. `kind`: the answer check of the problems (one of KINDS,
+    or "mixed" when records differ), recorded when `problems` are given."""
+    config = {"model": args.model, "dataset": args.dataset, "strategy": args.strategy, "dtype": args.dtype,
+              "options": strategy_options(args), "limit": args.limit}
+    if problems is not None:
+        kinds = {p.kind for p in problems}
+        config["kind"] = kinds.pop() if len(kinds) == 1 else "mixed"
+    return config
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -206,20 +280,25 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from decodesearch.bench.datasets import load_dataset
     from decodesearch.bench.report import plot, print_summary
     from decodesearch.bench.results import shard_path
-    from decodesearch.bench.runner import merge, run_bench
+    from decodesearch.bench.runner import check_out, merge, run_bench
     from decodesearch.engine import Engine
-    from decodesearch.models import load_model
 
-    config = bench_config(args)
-    strategy = build_strategy(args.strategy, config["options"])
-    problems = load_dataset(args.dataset, data_dir=args.data_dir, limit=args.limit, seed=args.seed)
+    # Everything that can be refused is checked before the model loads.
+    if args.limit is not None and args.limit < 0:
+        raise ValueError(f"--limit {args.limit} is out of range; accepted: an int >= 0")
+    strategy = build_strategy(args.strategy, strategy_options(args))
+    check_rows(strategy, args.max_rows)
+    problems = load_dataset(args.dataset, data_dir=args.data_dir, limit=args.limit, seed=args.seed, kind=args.kind)
+    config = bench_config(args, problems)
     state = PartialState()
+    check_out(args.out, config, rank=state.process_index, world_size=state.num_processes)
     device = args.device if state.num_processes == 1 else str(state.device)
-    model, tokenizer = load_model(args.model, dtype=args.dtype, device=device)
-    engine = Engine(model, tokenizer, max_rows=args.max_rows)
     try:
+        model, tokenizer = load(args, device)
+        engine = Engine(model, tokenizer, max_rows=args.max_rows)
         run_bench(engine, strategy, problems, args.out, config, rank=state.process_index,
-                  world_size=state.num_processes, progress=not args.quiet, concurrency=args.concurrency)
+                  world_size=state.num_processes, progress=not args.quiet, concurrency=args.concurrency,
+                  retry_errors=args.retry_errors)
     except KeyboardInterrupt:
         from decodesearch.bench.results import read_results
 
@@ -287,11 +366,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from decodesearch.bench.report import format_summary, plot, summarize
     from decodesearch.bench.runner import run_bench
     from decodesearch.engine import Engine
-    from decodesearch.models import load_model
 
     _print_registry()
     t0 = time.perf_counter()
-    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
+    model, tokenizer = load(args)
     print(f"\nloaded {args.model} ({model.dtype}, {model.device}) in {time.perf_counter() - t0:.1f} s")
     engine = Engine(model, tokenizer)
     problems = load_dataset("arith", limit=args.problems)
@@ -342,13 +420,27 @@ def build_parser() -> argparse.ArgumentParser:
         prog="decodesearch", description="Inference-time search over HuggingFace causal LMs."
     )
     parser.add_argument("--version", action="version", version=f"decodesearch {decodesearch.__version__}")
+    debug_help = "show the full traceback of an error (default: one line)"
+    parser.add_argument("--debug", action="store_true", help=debug_help)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for cmd in SUBCOMMANDS:
         p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help)
         if cmd.add_arguments is not None:
             cmd.add_arguments(p)
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
         p.set_defaults(_run=cmd.run)
     return parser
+
+
+#: What an expected failure raises (bad input, missing files or packages, a locked or foreign
+#: results file, CapacityError, an unreachable hub): shown as one line, without a traceback.
+EXPECTED_ERRORS = (ValueError, OSError, RuntimeError, ImportError)
+
+
+def _one_line(exc: BaseException) -> str:
+    """The error's text on one line (a multi-line message's lines joined with "; ")."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return "; ".join(lines).replace(":; ", ": ") or type(exc).__name__
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -360,6 +452,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return args._run(args)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"decodesearch {args.command}: error: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"decodesearch {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except EXPECTED_ERRORS as exc:
+        if args.debug:
+            raise
+        name = f"{type(exc).__name__}: " if type(exc).__name__ in ("CapacityError", "ModuleNotFoundError") else ""
+        print(f"decodesearch {args.command}: error: {name}{_one_line(exc)} (--debug shows the traceback)",
+              file=sys.stderr)
         return 1

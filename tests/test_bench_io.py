@@ -51,9 +51,15 @@ def test_local_jsonl_and_limit(tmp_path):
     p = write_jsonl(tmp_path / "d.jsonl", [{"id": f"q{i}", "problem": f"1+{i}?", "answer": str(1 + i)} for i in range(5)] + [""])
     probs = load_dataset(p)
     assert [x.id for x in probs] == ["q0", "q1", "q2", "q3", "q4"]
-    assert probs[2] == Problem("q2", "1+2?", "3", "math")
+    assert probs[2] == Problem("q2", "1+2?", "3", "aime")  # all gold answers integers: the integer check
     assert len(load_dataset(str(p), limit=2)) == 2
-    assert {x.kind for x in load_dataset(p, kind="aime")} == {"aime"}
+    assert {x.kind for x in load_dataset(p, kind="math")} == {"math"}
+    mixed = write_jsonl(tmp_path / "m.jsonl", [{"id": "a", "problem": "x", "answer": "1/2"},
+                                               {"id": "b", "problem": "y", "answer": "3"},
+                                               {"id": "c", "problem": "z", "answer": "4", "kind": "aime"}])
+    assert [x.kind for x in load_dataset(mixed)] == ["math", "math", "aime"]  # a record's own kind wins
+    with pytest.raises(ValueError, match="kind='int' is not accepted; choose one of auto, math, aime"):
+        load_dataset(mixed, kind="int")
 
 
 @pytest.mark.parametrize(

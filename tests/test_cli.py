@@ -1,14 +1,20 @@
 """The decodesearch CLI, `python -m decodesearch`, and what the installed package exposes."""
 
+import fcntl
+import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 import decodesearch
 from decodesearch import models
+from decodesearch.bench.results import read_results
 from decodesearch.cli import SUBCOMMANDS, main
 
 
@@ -156,3 +162,118 @@ def test_kernels_is_not_a_top_level_package(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=_clean_env(),
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, f"`import kernels` succeeded: {proc.stdout}{proc.stderr}"
+
+
+# ------------------------------------------------------------------ bench: errors, kinds, resume
+
+
+def _write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def _bench(tiny_dir, dataset, out, *extra):
+    return main(["bench", "--model", tiny_dir, "--dataset", str(dataset), "--out", str(out), "--strategy", "greedy",
+                 "--max-tokens", "2", "--dtype", "float32", "--device", "cpu", "--quiet", *extra])
+
+
+def _one_error_line(err, *needles):
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("decodesearch ") and "Traceback" not in err, err
+    assert all(n in lines[0] for n in needles), lines[0]
+
+
+def test_bench_one_bad_problem_is_recorded_and_the_run_goes_on(tiny_dir, tmp_path, capsys):
+    """A problem longer than the context is recorded with its id and error; the others run; the summary
+    counts it; a rerun skips it; --retry-errors runs it again."""
+    data = _write_jsonl(tmp_path / "d.jsonl", [
+        {"id": "a", "problem": "What is 1+1?", "answer": "2"},
+        {"id": "long", "problem": "word " * 700, "answer": "3"},
+        {"id": "c", "problem": "What is 2+2?", "answer": "4"},
+    ])
+    out = tmp_path / "run.jsonl"
+    assert _bench(tiny_dir, data, out) == 0
+    cap = capsys.readouterr()
+    assert "problem 'long' failed" in cap.err and "exceeds the model's context" in cap.err
+    assert re.search(r"errors\s+1", cap.out)
+    recs = {r["id"]: r for r in read_results(out)[1]}
+    assert set(recs) == {"a", "long", "c"} and "a" in recs and "c" in recs
+    assert "context" in recs["long"]["error"] and recs["long"]["correct"] is False
+    assert "error" not in recs["a"] and "error" not in recs["c"]
+    lines = out.read_text().count("\n")
+    assert _bench(tiny_dir, data, out) == 0  # resume: nothing left, the errored problem is skipped
+    assert "failed" not in capsys.readouterr().err and out.read_text().count("\n") == lines
+    assert _bench(tiny_dir, data, out, "--retry-errors") == 0
+    assert "problem 'long' failed" in capsys.readouterr().err
+    assert out.read_text().count("\n") == lines + 1  # one new attempt appended, nothing rewritten
+    assert sorted(r["id"] for r in read_results(out)[1]) == ["a", "c", "long"]  # each id once
+
+
+def test_bench_expected_errors_are_one_line_before_the_model_loads(tiny_dir, tmp_path, capsys, monkeypatch):
+    data = _write_jsonl(tmp_path / "d.jsonl", [{"id": "a", "problem": "What is 1+1?", "answer": "2"}])
+    (tmp_path / "empty.jsonl").write_text("")
+    assert _bench(tiny_dir, tmp_path / "empty.jsonl", tmp_path / "o.jsonl") == 1
+    _one_error_line(capsys.readouterr().err, "empty.jsonl", "no problems")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    (tmp_path / "nodata").mkdir()
+    assert _bench(tiny_dir, "math500", tmp_path / "o.jsonl", "--data-dir", str(tmp_path / "nodata")) == 1
+    _one_error_line(capsys.readouterr().err, "math500", "--data-dir")
+    assert _bench(tiny_dir, data, tmp_path) == 1
+    _one_error_line(capsys.readouterr().err, "is a directory")
+    assert _bench(tiny_dir, data, tmp_path / "o.jsonl", "--strategy", "sampling", "--n", "4", "--max-rows", "3") == 1
+    _one_error_line(capsys.readouterr().err, "--max-rows 3", ">= 5")
+    out = tmp_path / "run.jsonl"
+    assert _bench(tiny_dir, data, out) == 0
+    capsys.readouterr()
+    before = out.read_bytes()
+    # a changed configuration is refused before the model loads (that --device would fail to load)
+    assert _bench(tiny_dir, data, out, "--max-tokens", "3", "--device", "no-such-device") == 1
+    _one_error_line(capsys.readouterr().err, "different configuration", "max_tokens: file has 2, this run has 3")
+    # a results file another process is writing
+    with open(out, "rb") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert _bench(tiny_dir, data, out, "--device", "no-such-device") == 1
+        _one_error_line(capsys.readouterr().err, "being written by another process")
+        fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+    assert out.read_bytes() == before
+    with pytest.raises(IsADirectoryError):  # --debug: the exception itself, with its traceback
+        _bench(tiny_dir, data, tmp_path, "--debug")
+
+
+def test_hub_id_while_offline_fails_fast(capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    t0 = time.perf_counter()
+    assert main(["generate", "--model", "someone/not-a-cached-model", "x"]) == 1
+    assert time.perf_counter() - t0 < 10
+    _one_error_line(capsys.readouterr().err, "someone/not-a-cached-model", "not in the local HF cache")
+
+
+@pytest.mark.parametrize("kind,expected", [(None, "aime"), ("math", "math")])
+def test_local_integer_answers_get_the_integer_check(tiny_dir, tmp_path, kind, expected):
+    """A local AIME-style file (all gold answers integers) is checked as `aime` unless --kind says
+    otherwise; the kind is recorded in the results header and in each record."""
+    data = _write_jsonl(tmp_path / "aime.jsonl", [{"id": "1", "problem": "Find n.", "answer": "042"},
+                                                  {"id": "2", "problem": "Find m.", "answer": 7}])
+    out = tmp_path / "run.jsonl"
+    assert _bench(tiny_dir, data, out, *(["--kind", kind] if kind else [])) == 0
+    config, recs = read_results(out)
+    assert config["kind"] == expected and {r["kind"] for r in recs} == {expected}
+
+
+def test_ctrl_c_says_how_many_records_are_saved(tiny_dir, tmp_path):
+    data = _write_jsonl(tmp_path / "d.jsonl", [{"id": str(i), "problem": f"What is {i}+1?", "answer": str(i + 1)}
+                                               for i in range(200)])
+    out = tmp_path / "run.jsonl"
+    cmd = [sys.executable, "-m", "decodesearch", "bench", "--model", tiny_dir, "--dataset", data, "--out", str(out),
+           "--strategy", "greedy", "--max-tokens", "64", "--dtype", "float32", "--device", "cpu", "--quiet",
+           "--concurrency", "1"]
+    env = {**_clean_env(), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and (not out.exists() or out.read_text().count("\n") < 3):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    saved = len(read_results(out)[1])
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert f"interrupted; {saved} records saved" in err and "rerun the same command to resume" in err

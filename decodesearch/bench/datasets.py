@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +45,9 @@ _NAMED: dict[str, tuple[str, tuple[str, ...], tuple[tuple[str, str | None, str],
 _ALIASES = {"math-500": "math500", "aime2024": "aime24", "aime2025": "aime25"}
 DATASET_NAMES = tuple(_NAMED) + ("arith",)
 
+#: A gold answer that is a whole number (AIME-style): local files of these are checked as "aime".
+_INTEGER = re.compile(r"^\s*[+-]?\d+\s*$")
+
 #: Problems generated for ``arith`` when no limit is given.
 ARITH_DEFAULT_N = 100
 
@@ -65,13 +69,17 @@ def load_dataset(
         works, RuntimeError telling to pass ``--data-dir``.
       * ``arith``: ``limit`` (default 100) synthetic word problems generated from ``seed``.
       * anything else: a local JSONL file with string-able fields ``id``, ``problem``,
-        ``answer`` (optional ``kind``); a malformed line raises ValueError naming file and line.
-    ``kind`` overrides the answer kind of every problem (default: "math" for math500 and local
-    files unless a record sets ``kind``; "aime" for aime24/aime25/arith). ``seed`` only affects
-    ``arith``.
+        ``answer`` (optional ``kind``); a malformed line raises ValueError naming file and line,
+        and a file without any problem is a ValueError too.
+    ``kind`` overrides the answer kind of every problem ("math" or "aime"; None or "auto": the
+    default, "math" for math500, "aime" for aime24/aime25/arith, and for a local file each
+    record's ``kind``, else "aime" when every gold answer of the file is an integer (AIME-style
+    files), else "math"). ``seed`` only affects ``arith``.
     """
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit}")
+    if kind not in (None, "auto") and kind not in KINDS:
+        raise ValueError(f"kind={kind!r} is not accepted; choose one of auto, {', '.join(KINDS)}")
     name = str(name_or_path)
     key = _ALIASES.get(name.lower(), name.lower())
     if key == "arith" and not Path(name).exists():
@@ -84,16 +92,21 @@ def load_dataset(
             raise FileNotFoundError(
                 f"dataset {name!r} is neither a file nor one of {', '.join(DATASET_NAMES)}"
             )
-        probs = load_jsonl(path)
-    if kind is not None:
-        if kind not in KINDS:
-            raise ValueError(f"kind must be 'math' or 'aime', got {kind!r}")
+        probs = load_jsonl(path, default_kind=None)
+        if not probs:
+            raise ValueError(f"dataset file {path} holds no problems (it is empty); expected one JSON object "
+                             "per line with fields id, problem, answer")
+        if kind in (None, "auto"):
+            guess = "aime" if all(_INTEGER.match(p.answer) for p in probs) else "math"
+            probs = [p if p.kind is not None else Problem(p.id, p.problem, p.answer, guess) for p in probs]
+    if kind not in (None, "auto"):
         probs = [Problem(p.id, p.problem, p.answer, kind) for p in probs]
     return probs if limit is None else probs[:limit]
 
 
-def load_jsonl(path: str | os.PathLike, default_kind: str = "math") -> list[Problem]:
-    """Problems from a JSONL file (fields ``id``, ``problem``, ``answer``, optional ``kind``).
+def load_jsonl(path: str | os.PathLike, default_kind: str | None = "math") -> list[Problem]:
+    """Problems from a JSONL file (fields ``id``, ``problem``, ``answer``, optional ``kind``;
+    records without one get ``default_kind``, which may be None for the caller to decide).
 
     Blank lines are skipped. Raises ValueError "<file>:<line>: <what is wrong>" for invalid
     JSON, a non-object line, a missing/empty field, a bad ``kind`` or a duplicate id.
@@ -119,7 +132,7 @@ def load_jsonl(path: str | os.PathLike, default_kind: str = "math") -> list[Prob
                 if val is None or isinstance(val, (dict, list, bool)) or str(val).strip() == "":
                     raise ValueError(f"{where}: field {field!r} must be a non-empty string or number, got {val!r}")
             kind = rec.get("kind", default_kind)
-            if kind not in KINDS:
+            if kind not in KINDS and not (kind is None and "kind" not in rec):
                 raise ValueError(f"{where}: field 'kind' must be 'math' or 'aime', got {kind!r}")
             pid = str(rec["id"])
             if pid in seen:
@@ -137,7 +150,10 @@ def _load_named(key: str, data_dir) -> list[Problem]:
         for fname in files:
             p = Path(folder) / fname
             if p.is_file():
-                return load_jsonl(p, default_kind=kind)
+                probs = load_jsonl(p, default_kind=kind)
+                if not probs:
+                    raise ValueError(f"dataset file {p} holds no problems (it is empty)")
+                return probs
         tried.append(f"no {' or '.join(files)} in {folder}")
     else:
         tried.append(f"no --data-dir given and ${DATA_ENV} is unset")

@@ -39,6 +39,10 @@ Per-problem record (written by the runner from a strategy's SearchResult):
 Optional extras: ``error`` (str, the problem failed; ``correct`` false), ``trace`` (dict),
 ``meta`` (dict). Readers must ignore unknown keys.
 
+One id, one record: a later line with an id already in the file is ignored, except that a record
+with an ``error`` is superseded by a later record of the same id (a retried problem,
+``bench --retry-errors``), which takes its place in file order.
+
 Safety: an existing file is never rewritten. Opening it for a resume only ever (a) drops a
 trailing partial line left by a killed writer (bytes after the last newline that are not a
 complete JSON object) or (b) adds the missing newline after a complete last record; every
@@ -163,7 +167,7 @@ def _scan_bytes(data: bytes, path: Path) -> _Scan:
     complete, tail = parts[:-1], parts[-1]
     header: dict | None = None
     records: list[dict] = []
-    seen: set[str] = set()
+    seen: dict[str, int] = {}  # id -> index in records
     dups = 0
 
     def take(obj, lineno: int):
@@ -180,9 +184,13 @@ def _scan_bytes(data: bytes, path: Path) -> _Scan:
         if not isinstance(obj, dict) or not isinstance(obj.get("id"), str):
             raise ValueError(f"{path}:{lineno}: record is not an object with a string 'id'")
         if obj["id"] in seen:
-            dups += 1
+            at = seen[obj["id"]]
+            if records[at].get("error"):  # a retried problem: the later attempt supersedes the error
+                records[at] = obj
+            else:
+                dups += 1
             return
-        seen.add(obj["id"])
+        seen[obj["id"]] = len(records)
         records.append(obj)
 
     for lineno, raw in enumerate(complete, 1):
@@ -221,7 +229,8 @@ def read_results(path: str | os.PathLike) -> tuple[dict, list[dict]]:
     """``(config, records)`` of a results file, read-only.
 
     A partial last line (killed writer) is ignored; records with an id seen earlier in the file
-    are ignored (first occurrence wins). Raises FileNotFoundError, or ValueError for an empty
+    are ignored (first occurrence wins), unless the earlier one has an ``error`` (then the later
+    one replaces it). Raises FileNotFoundError, or ValueError for an empty
     file, a file without a header, or a corrupt line other than the last.
     """
     path = Path(path)
@@ -240,6 +249,7 @@ class ResultsFile:
 
     ``config``: the header's config. ``finished``: ids already in the file (in file order),
     grows with ``append``. ``records``: the records read at open time (not updated by append).
+    ``errored``: ids whose latest record has an ``error`` (updated by append).
     """
 
     def __init__(self, path: Path, fh, config: dict, records: list[dict], fsync: bool):
@@ -249,6 +259,7 @@ class ResultsFile:
         self.records = records
         self.finished: list[str] = [r["id"] for r in records]
         self._finished_set = set(self.finished)
+        self.errored: set[str] = {r["id"] for r in records if r.get("error")}
         self._fsync = fsync
 
     def __contains__(self, pid: str) -> bool:
@@ -257,22 +268,28 @@ class ResultsFile:
     def append(self, record: dict) -> None:
         """Append one problem's record as one line, then flush and fsync.
 
-        Raises ValueError if the record has no string ``id`` or its id is already in the file,
+        Raises ValueError if the record has no string ``id`` or its id is already in the file
+        (an id whose record has an ``error`` may be appended again: the new record supersedes it),
         TypeError if it is not JSON serializable (nothing is written then).
         """
         if self._fh is None:
             raise ValueError(f"{self.path}: results file is closed")
         if not isinstance(record, dict) or not isinstance(record.get("id"), str):
             raise ValueError("a results record must be a dict with a string 'id'")
-        if record["id"] in self._finished_set:
+        if record["id"] in self._finished_set and record["id"] not in self.errored:
             raise ValueError(f"{self.path}: id {record['id']!r} is already in the file")
         line = (_dumps(record) + "\n").encode("utf-8")  # serialise fully before writing anything
         self._fh.write(line)
         self._fh.flush()
         if self._fsync:
             os.fsync(self._fh.fileno())
-        self.finished.append(record["id"])
-        self._finished_set.add(record["id"])
+        if record["id"] not in self._finished_set:
+            self.finished.append(record["id"])
+            self._finished_set.add(record["id"])
+        if record.get("error"):
+            self.errored.add(record["id"])
+        else:
+            self.errored.discard(record["id"])
 
     def close(self) -> None:
         if self._fh is not None:
@@ -421,8 +438,8 @@ def merge_shards(
     existing shard. Every shard's config must equal ``config`` (default: the first shard's),
     else ValueError naming the shard and the differing keys. ``path`` is opened with
     ``open_results`` (so an existing file with the same config is resumed: ids already in it
-    are not added again); a record id present in several shards is taken once, from the lowest
-    rank. Records are appended in ``order`` (a list of ids; others after, in shard order) or in
+    are not added again, except over a record with an ``error``); a record id present in several
+    shards is taken once, from the lowest rank. Records are appended in ``order`` (a list of ids; others after, in shard order) or in
     shard order. Partial last lines in shards are ignored. With ``remove``, shard files are
     deleted after the merge is on disk.
     """
@@ -452,8 +469,10 @@ def merge_shards(
         ids.sort(key=lambda pid: (0, rank[pid]) if pid in rank else (1, 0))  # stable for the rest
     added = 0
     with open_results(path, ref, ignore_keys=ignore_keys) as out:
+        old = {r["id"]: r for r in out.records}
         for pid in ids:
-            if pid not in out:
+            # new ids, and retried problems whose shard record replaces an error in `path`
+            if pid not in out or (pid in out.errored and _normalize(merged[pid]) != old.get(pid)):
                 out.append(merged[pid])
                 added += 1
     if remove:

@@ -3,8 +3,9 @@
 The problems run concurrently on one engine (`Strategy.stream`: continuous batching, the next
 problem starts as soon as one finishes). Each finished problem is appended and fsynced at once,
 so an interrupted run loses nothing and a rerun of the same command skips the finished ids. A
-problem whose search raised is recorded with its error (`"error"`, not correct) and the others go
-on. Problem i of the dataset is seeded `derive_seed(seed, i)` whatever the
+problem whose search raised is recorded with its id and error (`"error"`, not correct; one line on
+stderr names it) and the others go on; a rerun skips it like any finished problem unless
+`retry_errors` (`bench --retry-errors`), whose new record supersedes the error. Problem i of the dataset is seeded `derive_seed(seed, i)` whatever the
 concurrency, the sharding or the resume point. Under `accelerate launch` (more than one
 process), problems are dealt round-robin to ranks, each rank writes its own shard
 (`run.rank{i}.jsonl`) and rank 0 merges the shards into the requested file.
@@ -98,6 +99,34 @@ def error_record(problem: Problem, error: BaseException, strategy: str) -> dict:
             "wall_s": 0.0, "strategy": strategy, "error": f"{type(error).__name__}: {error}"}
 
 
+def check_out(out: str, config: dict, *, rank: int = 0, world_size: int = 1) -> None:
+    """Refuse, before any model loads, an `out` that cannot take this run: a directory, a file (or
+    this rank's shard) written by a run with another configuration or not a results file, or one
+    another process is writing. Writes nothing."""
+    from decodesearch.bench.results import _scan_bytes, config_diff, fcntl
+
+    paths = [Path(out)] if world_size == 1 else [Path(out), shard_path(out, rank)]
+    for path in paths:
+        if path.is_dir():
+            raise IsADirectoryError(f"--out {path} is a directory; give the path of a results file (.jsonl)")
+        if not path.exists():
+            continue
+        header = _scan_bytes(path.read_bytes(), path).header  # ValueError: not a results file
+        if header is None:  # empty, or a header torn by a run killed at its start
+            continue
+        diffs = config_diff(header["config"], config, RESUME_IGNORES)
+        if diffs:
+            raise ValueError(f"{path} was written by a run with a different configuration:\n  " + "\n  ".join(diffs)
+                             + "\nUse another output path, or rerun with the file's configuration to resume it.")
+        if fcntl is not None:
+            with open(path, "rb") as fh:
+                try:
+                    fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    raise RuntimeError(f"{path} is being written by another process") from None
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
 def run_bench(
     engine: Engine,
     strategy: Strategy,
@@ -109,22 +138,26 @@ def run_bench(
     world_size: int = 1,
     progress: bool = True,
     concurrency: int | None = None,
+    retry_errors: bool = False,
 ) -> int:
     """Solve each problem not yet in `out` (or this rank's shard of it), `concurrency` at a time
-    (None: as many as the engine's rows admit), and append each record as it finishes. Returns
-    the number of problems solved in this call. A configuration that differs from the file's
-    header is refused (ValueError naming the keys) before anything runs."""
+    (None: as many as the engine's rows admit), and append each record as it finishes; a problem
+    whose search raises is recorded with its error and the run goes on. With `retry_errors`,
+    problems recorded with an error run again. Returns the number of problems solved in this call
+    (errors included). A configuration that differs from the file's header is refused
+    (ValueError naming the keys) before anything runs."""
     path = out if world_size == 1 else shard_path(out, rank)
     merged = set()
     if world_size > 1 and Path(out).exists():  # a resumed sharded run: skip what was merged already
-        merged = {r["id"] for r in read_results(out)[1]}
+        merged = {r["id"] for r in read_results(out)[1] if not (retry_errors and r.get("error"))}
     base = strategy.seed if strategy.seed is not None else engine.seed
     mine = [(i, p) for i, p in enumerate(problems) if i % world_size == rank and p.id not in merged]
     mine_ids = {p.id for _, p in mine}
     solved = 0
     with open_results(path, config, ignore_keys=RESUME_IGNORES) as results:
-        todo = [(i, p) for i, p in mine if p.id not in results]
-        done = [r for r in results.records if r["id"] in mine_ids]
+        todo = [(i, p) for i, p in mine if p.id not in results or (retry_errors and p.id in results.errored)]
+        todo_ids = {p.id for _, p in todo}
+        done = [r for r in results.records if r["id"] in mine_ids and r["id"] not in todo_ids]
         bar = Progress(len(mine), len(done), sum(bool(r.get("correct")) for r in done),
                        label=f"rank {rank} " if world_size > 1 else "") if progress else None
         ids = [strategy.prompt_format.encode(engine.tokenizer, p.problem) for _, p in todo]
@@ -133,7 +166,14 @@ def run_bench(
         try:
             for f in stream:
                 p = todo[f.index][1]
-                record = error_record(p, f.error, strategy.name) if f.error is not None else to_record(p, f.result)
+                if f.error is not None:
+                    record = error_record(p, f.error, strategy.name)
+                    if bar:
+                        sys.stderr.write("\n")
+                    print(f"problem {p.id!r} failed ({record['error']}); recorded as an error, going on",
+                          file=sys.stderr, flush=True)
+                else:
+                    record = to_record(p, f.result)
                 results.append(record)
                 solved += 1
                 if bar:
