@@ -76,3 +76,45 @@ def test_accelerate_launch_two_cpu_processes(tiny_dir, tmp_path):
     assert ids == [p.id for p in load_dataset("arith", limit=5)]
     assert not shard_path(out, 0).exists() and not shard_path(out, 1).exists()
     assert "accuracy" in proc.stdout
+
+
+class _FailsOnce(Sampling):
+    """Sampling whose search raises the first time it meets a problem containing 'boom'."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.failed = False
+
+    async def search(self, engine, root, prompt):
+        if "boom" in prompt and not self.failed:
+            self.failed = True
+            raise RuntimeError("flaky failure")
+        return await super().search(engine, root, prompt)
+
+
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_an_errored_problem_is_kept_until_retried(engine, tmp_path, world_size):
+    from decodesearch.bench.datasets import Problem
+    from decodesearch.bench.report import summarize
+
+    problems = [Problem("p0", "1+1", "2"), Problem("p1", "boom 2+2", "4"), Problem("p2", "3+3", "6")]
+    out = tmp_path / "run.jsonl"
+    strat = _FailsOnce(n=2, max_tokens=4, prompt_format=PLAIN, seed=0)
+
+    def run(retry=False):
+        n = sum(run_bench(engine, strat, problems, str(out), config(), rank=r, world_size=world_size,
+                          progress=False, retry_errors=retry) for r in range(world_size))
+        if world_size > 1:
+            merge(str(out), config(), world_size, [p.id for p in problems])
+        return n
+
+    assert run() == 3
+    recs = {r["id"]: r for r in read_results(out)[1]}
+    assert recs["p1"]["error"] == "RuntimeError: flaky failure" and recs["p1"]["correct"] is False
+    assert summarize(out)["errors"] == 1
+    assert run() == 0  # a plain rerun skips it
+    assert run(retry=True) == 1  # only the errored problem runs again; its new record supersedes the error
+    recs = read_results(out)[1]
+    assert sorted(r["id"] for r in recs) == ["p0", "p1", "p2"] and not any(r.get("error") for r in recs)
+    assert summarize(out)["errors"] == 0 and all(len(r["samples"]) == 2 for r in recs)
+    assert run(retry=True) == 0
