@@ -164,10 +164,11 @@ def test_limits_raise_and_engine_stays_usable(tiny_llama):
 
     small = Engine(model, tok, max_kv_bytes=Engine(model, tok, initial_cols=16).kv_bytes, initial_cols=16)
     b = small.prefill([1, 2, 3])
-    with pytest.raises(CapacityError, match="max_kv_bytes="):
-        small.extend([b], [list(range(1, 40))])
+    with pytest.raises(CapacityError, match="max_kv_bytes="):  # 8 x 16 cells: no row holds 202 tokens
+        small.extend([b], [[i % 100 + 1 for i in range(199)]])
     assert b.tokens == [1, 2, 3]
-    small.extend([b], [[4, 5]])
+    small.extend([b], [list(range(4, 60))])  # fits once the row capacity is cut to the live branch
+    assert small.kv_bytes <= small.max_kv_bytes
     assert torch.allclose(small.logits([b])[0], fresh_logits(model, b.tokens), atol=1e-4)
 
 

@@ -103,6 +103,45 @@ def test_admission_queues_searches_when_rows_run_out(llama):
         strat.run(Engine(model, tok, max_rows=3), ["hi"])
 
 
+def test_admission_under_max_kv_bytes(llama):
+    """Searches whose rows x longest branch exceed `max_kv_bytes` together queue (none fails), the
+    store never exceeds the bound, results equal an unbounded run; a search that alone can never
+    fit fails at once naming max_kv_bytes while the others go on."""
+    model, tok = llama
+    strat = Sampling(n=3, max_tokens=40, prompt_format=PLAIN, seed=0, stop=NO_EOS)  # 4 rows each
+    probe = Engine(model, tok)
+    longest = max(strat.peak_cols(tok, len(x)) for x in (strat.prompt_format.encode(tok, p) for p in PROMPTS))
+    bound = 9 * longest * probe.cell_bytes  # about two searches at once
+    engine = Engine(model, tok, max_kv_bytes=bound, initial_cols=16)
+    results = strat.run(engine, PROMPTS)
+    assert len(results) == len(PROMPTS) and all(len(s.token_ids) == 40 for r in results for s in r.samples)
+    assert engine.stats.peak_kv_bytes <= bound and 4 < engine.stats.peak_rows <= 9
+    assert [r.token_ids for r in results] == [r.token_ids for r in strat.run(Engine(model, tok), PROMPTS)]
+    big = Sampling(n=3, max_tokens=400, prompt_format=PLAIN, seed=0)
+    done = list(big.stream(Engine(model, tok, max_kv_bytes=bound), [tok.encode("hi")]))
+    assert isinstance(done[0].error, CapacityError) and "max_kv_bytes" in str(done[0].error)
+
+
+def test_store_moves_live_rows_to_grow_columns_under_max_kv_bytes(llama):
+    """With most rows released, a long branch gets its columns by cutting the row capacity down to
+    the live branches (moved to the front rows); their KV stays exact."""
+    model, tok = llama
+    cell = Engine(model, tok).cell_bytes
+    engine = Engine(model, tok, max_rows=8, max_kv_bytes=8 * 32 * cell, initial_cols=16)
+    kids = engine.fork(engine.prefill([5, 6, 7]), 7)
+    keep = kids[-1]
+    for b in [engine.live_branches[0], *kids[:-1]]:
+        engine.release(b)
+    engine.decode([keep], 100, stop=NO_EOS)
+    assert keep.row == 0 and keep.length == 103 and engine.kv_bytes <= 8 * 32 * cell
+    with torch.no_grad():
+        want = model(torch.tensor([keep.tokens])).logits[0, -1].float()
+    assert torch.allclose(engine.logits([keep])[0], want, atol=1e-4)
+    assert engine.free_rows == 1  # 2 rows x 103+ columns would not fit
+    with pytest.raises(CapacityError, match="max_kv_bytes"):
+        engine.fork(keep, 2)
+
+
 class _Greedy2(Strategy):
     """Declares 2 rows; forks `extra` more than that on prompt "wide", raises on prompt "boom"."""
 

@@ -176,6 +176,9 @@ class Engine:
         self.stats = EngineStats()
 
         rows, cols = min(8, max_rows), max(16, initial_cols)
+        if max_kv_bytes is not None:  # start smaller rather than over the bound
+            cols = min(cols, max(16, max_kv_bytes // (rows * self.cell_bytes)))
+            rows = min(rows, max(1, max_kv_bytes // (cols * self.cell_bytes)))
         self._check_bytes(rows, cols)
         self.store = BranchKVStore(cfg.num_hidden_layers, rows, cols)
         self.hidden = torch.zeros(rows, cols, cfg.hidden_size, dtype=self.dtype, device=self._out_device)
@@ -404,8 +407,12 @@ class Engine:
 
     @property
     def free_rows(self) -> int:
-        """Rows that can still be allocated under `max_rows`."""
-        return self.max_rows - sum(b is not None for b in self._rows)
+        """Rows that can still be allocated under `max_rows` and under `max_kv_bytes` (with the
+        columns the longest live branch needs)."""
+        limit = self.max_rows
+        if self.max_kv_bytes is not None:
+            limit = min(limit, self.max_kv_bytes // (self._min_cols() * self.cell_bytes))
+        return max(0, limit - sum(b is not None for b in self._rows))
 
     @property
     def kv_bytes(self) -> int:
@@ -456,13 +463,20 @@ class Engine:
         self.stats.valid_cells += sum(e + n for e, n in zip(ends, lens))
 
     def _reserve_columns(self, extent: int) -> None:
-        """Grow the store (doubling) until it holds `extent` columns."""
+        """Grow the store until it holds `extent` columns: doubling, or under `max_kv_bytes` as many
+        columns as fit, first at the current row capacity, else with the rows cut down to the live
+        branches (moved to the front rows)."""
         cols = self.store.col_capacity
         if extent <= cols:
             return
         while cols < extent:
             cols *= 2
-        self._grow(self.store.row_capacity, cols)
+        rows = self.store.row_capacity
+        if self.max_kv_bytes is not None and rows * cols * self.cell_bytes > self.max_kv_bytes:
+            if self.max_kv_bytes // (rows * self.cell_bytes) < extent:
+                rows = max(1, len(self.live_branches))
+            cols = max(extent, min(cols, self.max_kv_bytes // (rows * self.cell_bytes)))
+        self._resize(rows, cols)
 
     def _alloc_rows(self, n: int) -> list[int]:
         live = sum(b is not None for b in self._rows)
@@ -475,23 +489,44 @@ class Engine:
             new_cap = cap
             while new_cap < cap + n - trailing and new_cap < self.max_rows:
                 new_cap = min(self.max_rows, new_cap * 2)
-            try:
-                self._grow(new_cap, self.store.col_capacity)
-            except CapacityError:
-                if n > len(self._rows) - live:
-                    raise
+            cols = self.store.col_capacity
+            if self.max_kv_bytes is not None:  # as many rows as fit, if that is enough
+                if self.max_kv_bytes // (cols * self.cell_bytes) < live + n:
+                    cols = self._min_cols()  # columns past the longest live branch are not needed
+                new_cap = max(min(new_cap, self.max_kv_bytes // (cols * self.cell_bytes)), live + n)
+            if new_cap > cap or cols != self.store.col_capacity:
+                self._resize(new_cap, cols)
             run = _free_run(self._rows, n)
         if run is not None:
             return list(range(run, run + n))
         return [i for i, b in enumerate(self._rows) if b is None][:n]
 
-    def _grow(self, rows: int, cols: int) -> None:
+    def _min_cols(self) -> int:
+        """The fewest columns the store can shrink to: the longest live branch (at least 16)."""
+        return max([16] + [b.length for b in self.live_branches])
+
+    def _resize(self, rows: int, cols: int) -> None:
+        """Reallocate the store and hidden states to `rows` x `cols`, keeping every live branch's
+        columns; when `rows` is below the row capacity, live branches move to rows 0, 1, ..."""
         self._check_bytes(rows, cols)
-        self.store.grow(rows, cols)
-        hidden = self.hidden.new_zeros(rows, cols, self.hidden.shape[2])
-        hidden[: self.hidden.shape[0], : self.hidden.shape[1]] = self.hidden
+        live = self.live_branches
+        keep = None
+        if rows < len(self._rows):
+            keep = [b.row for b in live]
+            for i, b in enumerate(live):
+                b.row = i
+            self._rows = live + [None] * (rows - len(live))
+        else:
+            self._rows += [None] * (rows - len(self._rows))
+        self.store.resize(rows, cols, keep)
+        old = self.hidden
+        hidden = old.new_zeros(rows, cols, old.shape[2])
+        n = min(cols, old.shape[1])
+        if keep is None:
+            hidden[: old.shape[0], :n] = old[:, :n]
+        else:
+            hidden[: len(keep), :n] = old[torch.tensor(keep, dtype=torch.long, device=old.device), :n]
         self.hidden = hidden
-        self._rows += [None] * (rows - len(self._rows))
         self._note_peaks()
 
     def _check_bytes(self, rows: int, cols: int) -> None:

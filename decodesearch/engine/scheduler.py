@@ -9,12 +9,12 @@ token in one pass (each with its own sampler and stop rule), and those tokens, e
 `extend` and every waiting `prefill` are forwarded together (one forward for the 1-token rows, one
 ragged forward for the longer ones, so a long prompt does not pad every decode row to its length).
 
-Admission: each search declares its peak rows (`Job.rows`); a search starts only when the
-declared peaks of those in flight and its own fit in `max_rows`, and the next one starts as soon
-as one finishes. A search that asks for more rows than are free waits while any other search can
+Admission: each search declares its peak rows (`Job.rows`) and longest branch (`Job.cols`); a
+search starts only when the declared peaks of those in flight and its own fit in `max_rows` and
+(rows x longest branch) in `max_kv_bytes`, and the next one starts as soon as one finishes. A search that asks for more rows than are free waits while any other search can
 still move; when every search in flight waits for rows, the newest waiting one gets a
-`CapacityError`. A job whose declaration alone exceeds `max_rows` fails at once with
-`CapacityError` naming the limit.
+`CapacityError`. A job whose declaration alone exceeds `max_rows` or `max_kv_bytes` fails at once
+with `CapacityError` naming the limit.
 
 Faults stay local: an exception in a search ends that search only; its branches are released and
 the exception is reported for its job. Results do not depend on how many searches share a step:
@@ -139,10 +139,12 @@ class SearchEngine:
 @dataclass
 class Job:
     """One search to run: `search(engine)` is called with the search's `SearchEngine` and returns
-    the coroutine; `rows` is its declared peak of live rows."""
+    the coroutine; `rows` is its declared peak of live rows and `cols` its longest branch in tokens
+    (0: unknown), which admission checks against `max_kv_bytes`."""
 
     search: Callable[[SearchEngine], Awaitable[Any]]
     rows: int
+    cols: int = 0
 
 
 @dataclass
@@ -191,20 +193,19 @@ class Scheduler:
             while queue or tasks:
                 while queue and len(tasks) < self.concurrency:
                     index, job = queue[0]
-                    if job.rows > engine.max_rows:
+                    err = self._never_fits(job)
+                    if err is not None:
                         queue.popleft()
-                        err = CapacityError(f"max_rows={engine.max_rows} exceeded: this search declares a peak of "
-                                            f"{job.rows} rows")
                         yield Finished(index, None, err, 0.0, SearchStats())
                         continue
-                    # Rows held outside the scheduler (e.g. a shared judge prefix) are not for the searches.
-                    budget = engine.free_rows + sum(t.ctx.rows - t.ctx.rows_left for t in tasks)
-                    if tasks and sum(t.job.rows for t in tasks) + job.rows > budget:
+                    if tasks and not self._fits(tasks, job):
                         break
                     queue.popleft()
                     ctx = SearchEngine(engine, job.rows)
                     tasks.append(_Task(index, job, ctx, job.search(ctx)))
                 self.in_flight = len(tasks)
+                if not tasks:
+                    continue  # every queued job was refused at admission
                 done = self._advance(tasks)
                 if done:
                     for t in done:
@@ -218,6 +219,31 @@ class Scheduler:
                 t.coro.close()
                 t.ctx.close()
             self.in_flight = 0
+
+    def _never_fits(self, job: Job) -> CapacityError | None:
+        engine = self.engine
+        if job.rows > engine.max_rows:
+            return CapacityError(f"max_rows={engine.max_rows} exceeded: this search declares a peak of {job.rows} rows")
+        need = job.rows * job.cols * engine.cell_bytes
+        if engine.max_kv_bytes is not None and need > engine.max_kv_bytes:
+            return CapacityError(f"max_kv_bytes={engine.max_kv_bytes} exceeded: this search declares a peak of "
+                                 f"{job.rows} rows x {job.cols} tokens = {need} bytes")
+        return None
+
+    def _fits(self, tasks: list[_Task], job: Job) -> bool:
+        """Whether `job` fits beside the searches in flight: their declared peak rows and its own
+        within the free rows (rows held outside the scheduler, e.g. a shared judge prefix, are not
+        for the searches) and, under `max_kv_bytes`, rows x the longest declared branch too."""
+        engine = self.engine
+        rows = sum(t.job.rows for t in tasks) + job.rows
+        if rows > engine.free_rows + sum(t.ctx.rows - t.ctx.rows_left for t in tasks):
+            return False
+        if engine.max_kv_bytes is None:
+            return True
+        cols = max([t.job.cols for t in tasks] + [job.cols, engine._min_cols()])
+        outside = len(engine.live_branches) - sum(t.ctx.rows - t.ctx.rows_left for t in tasks)
+        return (rows + outside) * cols * engine.cell_bytes \
+            <= engine.max_kv_bytes
 
     # ------------------------------------------------------------------ driving the searches
 

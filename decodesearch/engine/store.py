@@ -4,7 +4,7 @@ Layout per layer: keys and values `[row_capacity, kv_heads, col_capacity, head_d
 branch sits in column i of its row. A forward call writes each row's `q` new columns at that row's
 own end (a scatter by `CallContext.cols`) and attends over columns `[0, extent)`, the longest row
 in the call; which of those a row may see is the engine's business (a 4-D mask). Capacity grows
-by doubling; the buffers are never concatenated per step.
+by doubling (or as far as a byte bound allows); the buffers are never concatenated per step.
 """
 
 from __future__ import annotations
@@ -45,13 +45,17 @@ class BranchLayer(CacheLayerMixin):
         self.device = key_states.device
         self.is_initialized = True
 
-    def grow(self, rows: int, cols: int) -> None:
+    def resize(self, rows: int, cols: int, keep: list[int] | None = None) -> None:
         if not self.is_initialized:
             return
         for name in ("keys", "values"):
             old = getattr(self, name)
             new = old.new_zeros((rows, old.shape[1], cols, old.shape[3]))
-            new[: old.shape[0], :, : old.shape[2]] = old
+            n = min(cols, old.shape[2])
+            if keep is None:
+                new[: old.shape[0], :, :n] = old[:, :, :n]
+            else:
+                new[: len(keep), :, :n] = old[torch.tensor(keep, dtype=torch.long, device=old.device), :, :n]
             setattr(self, name, new)
 
     def update(self, key_states, value_states, *args, **kwargs):
@@ -90,10 +94,11 @@ class BranchKVStore(Cache):
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.layers[layer_idx].get_seq_length()
 
-    def grow(self, rows: int, cols: int) -> None:
-        """Reallocate every layer to `rows` x `cols` capacity, keeping the contents."""
+    def resize(self, rows: int, cols: int, keep: list[int] | None = None) -> None:
+        """Reallocate every layer to `rows` x `cols` capacity, keeping the contents (with `keep`:
+        only rows `keep[i]`, moved to row i; columns past `cols` are dropped)."""
         for layer in self.layers:
-            layer.grow(rows, cols)
+            layer.resize(rows, cols, keep)
         self.row_capacity, self.col_capacity = rows, cols
 
     def _by_device(self):

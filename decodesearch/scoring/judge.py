@@ -316,6 +316,14 @@ class SelfJudge:
         if st is not None and not st.prefix.released:
             engine.release(st.prefix)
 
+    def context_tokens(self, tokenizer, text_tokens: int) -> int:
+        """About the longest context row an evaluation holds when the judged text (prompt and
+        response) is `text_tokens` long: the few-shot head, the context format and the longer
+        option suffix, plus the text with a 10% margin for re-tokenisation."""
+        fixed = self._head + self.context_format.replace("{prompt}", "").replace("{response}", "")
+        suffix = max(len(tokenizer.encode(s, add_special_tokens=False)) for s in self._suffixes)
+        return len(tokenizer.encode(fixed, add_special_tokens=True)) + suffix + text_tokens + text_tokens // 10 + 1
+
     @property
     def rows_needed(self) -> int:
         """Engine rows an evaluation may hold at once beyond the prefix (cached contexts + 2)."""

@@ -86,6 +86,9 @@ class SelfJudgeScorer:
     def rows_needed(self) -> int:
         return self.judge.rows_needed + 1
 
+    def context_tokens(self, tokenizer, text_tokens: int) -> int:
+        return self.judge.context_tokens(tokenizer, text_tokens)
+
     def prepare(self, engine) -> bool:
         return self.judge.prepare(engine)
 

@@ -121,6 +121,21 @@ class Strategy:
         model's words: a caller's stop strings must not match inside them."""
         return ()
 
+    def forced_insertions(self) -> int:
+        """How many times one sample may have a `forced_texts` entry inserted."""
+        return 0
+
+    def peak_cols(self, tokenizer, prompt_len: int) -> int:
+        """The longest branch, in tokens, one search on a `prompt_len`-token prompt may hold (for
+        admission under `max_kv_bytes`): the prompt, `max_tokens`, each forced insertion at the
+        longest forced text, and the shared judge's context (`context_tokens`) where there is one."""
+        forced = max((len(tokenizer.encode(t, add_special_tokens=False)) for t in self.forced_texts()), default=0)
+        cols = prompt_len + self.max_tokens + self.forced_insertions() * forced
+        judge = self.shared_judge()
+        if judge is not None and hasattr(judge, "context_tokens"):
+            cols = max(cols, judge.context_tokens(tokenizer, cols))
+        return cols
+
     def peak_rows(self, max_rows: int) -> int:
         """The most engine rows one search holds at once (its root included), on an engine of
         `max_rows` rows (a strategy that caches may size its cache to it)."""
@@ -162,7 +177,8 @@ class Strategy:
         elif len(seeds) != len(ids):
             raise ValueError(f"seeds has {len(seeds)} entries; expected one per prompt ({len(ids)})")
         rows = self.peak_rows(engine.max_rows)
-        jobs = [Job(lambda ctx, x=list(x), p=p, s=int(s): self.solve(ctx, x, p, s), rows)
+        jobs = [Job(lambda ctx, x=list(x), p=p, s=int(s): self.solve(ctx, x, p, s), rows,
+                    self.peak_cols(engine.tokenizer, len(x)))
                 for x, p, s in zip(ids, prompts, seeds)]
         with self.session(engine):
             for f in Scheduler(engine, concurrency).run(jobs):

@@ -59,6 +59,9 @@ class BudgetForcing(Strategy):
     def forced_texts(self) -> tuple[str, ...]:
         return (self.ignore, self.answer_cue)
 
+    def forced_insertions(self) -> int:
+        return self.num_ignore + 1
+
     async def search(self, engine: SearchEngine, root: Branch, prompt: str) -> SearchResult:
         tok = engine.tokenizer
         b = (await engine.fork(root, 1))[0]

@@ -159,6 +159,13 @@ class IDS(Strategy):
     def forced_texts(self) -> tuple[str, ...]:
         return tuple(self.triggers)
 
+    def forced_insertions(self) -> int:
+        return len(self.boundaries)
+
+    def peak_cols(self, tokenizer, prompt_len: int) -> int:
+        align = self.align_max_tokens if self.align == "line" else 0
+        return super().peak_cols(tokenizer, prompt_len) + len(self.boundaries) * align
+
     def peak_rows(self, max_rows: int) -> int:
         return self.n + 1
 
