@@ -19,6 +19,8 @@ Model args (strings from `--model_args`, typed from the strategy constructor's d
 - `pretrained`: a decodesearch registry name, a local folder or a hub id, loaded with
   `decodesearch.models.load_model(pretrained, dtype=dtype, device=device)` (`dtype`, `device`:
   "auto" by default); or, from Python, an already-loaded model (then pass `tokenizer` too).
+  lm-eval's own default device is `cuda:0`: where CUDA (or the named GPU, or MPS) is not
+  available the model loads on the CPU with a warning, as lm-eval's `--model hf` does.
 - `strategy`: a name in `decodesearch.strategies.STRATEGIES` (default `greedy`), and its options by
   name, e.g. `n=4`, `gamma=1.5`, `policy=force`, `seed=0`. A list option takes `|`-separated
   values (`triggers=\\n\\nWait.|\\n\\nHmm.`); `\\n` and `\\t` in string options are unescaped
@@ -164,6 +166,31 @@ def convert_option(name: str, value: Any, kind: str) -> Any:
     raise ValueError(f"model arg {name}: unsupported type {kind}")
 
 
+def usable_device(device: str | None) -> str:
+    """`device` if this machine has it; a CUDA or MPS device it lacks falls back to "cpu" with a
+    warning (lm-eval passes its default "cuda:0" even on CPU-only machines). None/"" -> "auto"."""
+    if device is None or str(device).strip() == "":
+        return "auto"
+    text = str(device).strip()
+    kind = text.split(":")[0].lower()
+    import torch
+
+    missing = None
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            missing = "CUDA is not available"
+        elif ":" in text and text.split(":", 1)[1].isdigit() and int(text.split(":", 1)[1]) >= torch.cuda.device_count():
+            missing = f"this machine has {torch.cuda.device_count()} CUDA device(s)"
+    elif kind == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            missing = "MPS is not available"
+    if missing is None:
+        return text
+    logger.warning("decodesearch: device %r requested but %s; falling back to cpu", text, missing)
+    return "cpu"
+
+
 def _parse_bytes(value) -> int | None:
     if value is None:
         return None
@@ -272,7 +299,7 @@ class DecodeSearchLM(HFLM):
         if isinstance(pretrained, str):
             from decodesearch.models import load_model
 
-            model, loaded_tok = load_model(pretrained, dtype=dtype or "auto", device=device or "auto")
+            model, loaded_tok = load_model(pretrained, dtype=dtype or "auto", device=usable_device(device))
             tokenizer = loaded_tok if tokenizer is None else tokenizer
             name = pretrained
         else:
