@@ -46,3 +46,44 @@ def test_throughput_benchmark_smoke(tiny_dir, tmp_path):
     for rows in report["runs"].values():
         assert all(r["tokens_generated"] > 0 and r["tokens_per_s"] > 0 for r in rows)
     assert "ratio" in proc.stdout
+
+
+def test_gpu_check_smoke(tmp_path):
+    """benchmarks/gpu_check.sh --smoke: every stage of the GPU check runs on CPU (Triton interpreter,
+    toy sizes), writes its JSON, and the summary reports each stage as passed."""
+    import os
+
+    root = SCRIPT.parents[1]
+    out = tmp_path / "gpu_check"
+    env = dict(os.environ, OUT=str(out))
+    env.pop("DECODESEARCH_KERNELS", None)
+    proc = subprocess.run(["bash", str(root / "benchmarks" / "gpu_check.sh"), "--smoke"], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    for name in ("device", "kernel_tests", "engine", "kernels", "throughput", "summary"):
+        assert json.loads((out / f"{name}.json").read_text()), name
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["smoke"] is True and summary["all_passed"] is True
+    status = {s["stage"]: s["status"] for s in summary["stages"]}
+    assert status == {"install": "skipped", "device": "ok", "kernel_tests": "ok", "engine": "ok", "kernels": "ok",
+                      "throughput": "ok"}
+    kt = json.loads((out / "kernel_tests.json").read_text())
+    assert kt["passed"] > 50 and kt["failures"] == 0 and kt["mode"] == "cpu, triton interpreter"
+    engine = json.loads((out / "engine.json").read_text())
+    assert engine["kernel_backend"] == "triton"  # the engine ran on the (interpreted) Triton kernels
+    assert engine["greedy"]["identical"] == engine["greedy"]["prompts"] > 0 and engine["parity"]["passed"]
+    table = proc.stdout[proc.stdout.index("GPU check (smoke"):]
+    for stage in status:
+        assert any(line.startswith(stage) for line in table.splitlines()), stage
+    assert "ALL STAGES PASSED" in table
+
+
+def test_gpu_check_summary_reports_failures(tmp_path):
+    """A failed, a timed-out and a result-less stage each show as such, and the summary exits 1."""
+    (tmp_path / "stages.tsv").write_text("kernel_tests\t1\t5\t120\nengine\t124\t120\t120\nkernels\t0\t3\t75\n")
+    proc = subprocess.run([sys.executable, str(SCRIPT.parent / "gpu_check.py"), "summary", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    status = {s["stage"]: s["status"] for s in json.loads((tmp_path / "summary.json").read_text())["stages"]}
+    assert status == {"kernel_tests": "FAIL rc=1", "engine": "TIMEOUT", "kernels": "FAIL"}
+    assert "SOME STAGES FAILED: kernel_tests, engine, kernels" in proc.stdout

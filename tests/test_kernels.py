@@ -466,12 +466,14 @@ def test_kernels_do_not_sync_the_stream():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available() or REAL, reason="needs a GPU (this process interprets)")
-def test_kernel_suite_on_cuda_with_real_triton():
+def test_kernel_suite_on_cuda_with_real_triton(tmp_path):
     """On a GPU machine, rerun this file on CUDA tensors with compiled Triton kernels."""
     env = dict(os.environ, TRITON_INTERPRET="0")
     env.pop("DECODESEARCH_KERNELS", None)
+    # cwd outside the repository: `python -m` puts cwd on sys.path, and the repository root holds
+    # kernels/, which transformers would import as the `kernels` package
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
-                          env=env, capture_output=True, text=True, timeout=900)
+                          env=env, capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-2000:]
     assert " passed" in proc.stdout and " failed" not in proc.stdout
 
