@@ -17,6 +17,7 @@ from typing import Sequence
 
 import torch
 
+from decodesearch.engine.prefix_cache import PrefixCache
 from decodesearch.engine.sampling import GREEDY, Sampler, Stop, filtered_probs, sample_rows
 from decodesearch.engine.store import BranchKVStore, CallContext
 from decodesearch.kernels import score
@@ -41,6 +42,8 @@ class EngineStats:
     """Counters since the engine was made. Bytes are KV (+ final hidden) bytes."""
 
     tokens_forwarded: int = 0
+    # prompt tokens a prefill took from the prefix cache instead of forwarding them
+    tokens_reused: int = 0
     forward_calls: int = 0
     rows_copied: int = 0
     bytes_copied: int = 0
@@ -74,6 +77,7 @@ class Branch:
         self.seed = seed
         self.stop_reason: str | None = None
         self.released = False
+        self.cached = False  # a prefix-cache entry (held by the engine, never handed to a caller)
         self._forks = 0
         self._generator: torch.Generator | None = None
 
@@ -141,6 +145,11 @@ class Engine:
     `max_rows` bounds live branches; `max_kv_bytes` bounds the allocated store (KV of every layer
     plus final hidden states). Capacity starts small and doubles; exceeding a bound raises
     `CapacityError` naming it and leaves the engine unchanged.
+
+    Prompt prefixes are reused: up to `prefix_cache_rows` rows keep earlier prompts
+    (`prefix_cache`), and a prefill whose prompt shares at least `prefix_min_tokens` leading tokens
+    with one copies those columns and forwards only the rest (`stats.tokens_reused`). Cached rows
+    give way to live branches when rows or bytes run short; `prefix_cache_rows=0` turns this off.
     """
 
     def __init__(
@@ -152,6 +161,8 @@ class Engine:
         max_kv_bytes: int | None = None,
         initial_cols: int = 256,
         seed: int = 0,
+        prefix_cache_rows: int = 4,
+        prefix_min_tokens: int = 32,
     ):
         if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1:
             raise ValueError(f"max_rows={max_rows!r} is out of range; accepted: an int >= 1")
@@ -162,6 +173,7 @@ class Engine:
         self.lm_head = model.get_output_embeddings()
         self.max_rows = max_rows
         self.max_kv_bytes = max_kv_bytes
+        self.prefix_cache = PrefixCache(prefix_cache_rows, prefix_min_tokens)
         self.max_context = int(getattr(cfg, "max_position_embeddings", 1 << 30))
         self.seed = seed
         self._roots = 0
@@ -194,18 +206,23 @@ class Engine:
 
     @torch.no_grad()
     def prefill_batch(self, prompts: Sequence[Sequence[int]], seeds: Sequence[int] | None = None) -> list[Branch]:
-        """New root branches, one per prompt, prefilled in one ragged forward."""
-        out, prompts = self._new_roots(prompts, seeds)
+        """New root branches, one per prompt, prefilled in one ragged forward (of what the prefix
+        cache does not hold)."""
+        out, rest = self._new_roots(prompts, seeds)
         try:
-            self._forward(out, prompts)
+            self._forward(out, rest)
         except BaseException:
             for b in out:
                 self._free(b)
             raise
+        for b in out:
+            self._remember_prompt(b)
         return out
 
     def _new_roots(self, prompts: Sequence[Sequence[int]], seeds: Sequence[int] | None) -> tuple[list[Branch], list]:
-        """Rows and handles for new root branches (nothing forwarded yet), and the checked ids."""
+        """Rows and handles for new root branches, and the ids still to forward for each: a root
+        starts with the columns of the longest cached prefix of its prompt (at most all but its
+        last token, which is forwarded for its logits)."""
         prompts = [self._check_ids(ids, "ids") for ids in prompts]
         if not prompts:
             raise ValueError("prompts must contain at least one token list")
@@ -213,16 +230,53 @@ class Engine:
             raise ValueError(f"seeds has {len(seeds)} entries; expected one per prompt ({len(prompts)})")
         for ids in prompts:
             self._check_context(0, len(ids))
-        rows = self._alloc_rows(len(prompts))
-        out = []
-        for i, (row, ids) in enumerate(zip(rows, prompts)):
+        hits = [self.prefix_cache.match_prefix(ids[:-1]) for ids in prompts]
+        try:
+            rows = self._alloc_rows(len(prompts), keep=[src for src, _ in hits if src is not None])
+        except CapacityError:
+            if not any(src for src, _ in hits):
+                raise
+            hits = [(None, 0)] * len(prompts)  # the rows are needed more than the cached prefixes
+            rows = self._alloc_rows(len(prompts))
+        out, rest = [], []
+        for i, (row, ids, (src, n)) in enumerate(zip(rows, prompts, hits)):
             seed = derive_seed(self.seed, self._roots) if seeds is None else int(seeds[i])
             self._roots += 1
-            b = Branch(self, row, [], len(ids), seed)
+            b = Branch(self, row, list(ids[:n]), len(ids), seed)
+            b.token_logprobs = [None] * n
             self._rows[row] = b
+            if n:
+                self._copy_columns(src, b, n)
+                self.stats.tokens_reused += n
             out.append(b)
+            rest.append(ids[n:])
         self._note_peaks()
-        return out, prompts
+        return out, rest
+
+    def _remember_prompt(self, root: Branch) -> None:
+        """Keep a copy of a just-prefilled prompt in the prefix cache (if worth it and a row is free
+        without evicting anything but older cache entries)."""
+        cache = self.prefix_cache
+        if not cache.capacity or root.length < cache.min_tokens or cache.covers(root.tokens):
+            return
+        try:
+            [row] = self._alloc_rows(1, keep=[root])
+        except CapacityError:
+            return
+        entry = Branch(self, row, list(root.tokens), root.length, root.seed)
+        entry.cached = True
+        self._rows[row] = entry
+        self._copy_columns(root, entry, root.length)
+        for old in cache.insert(entry):
+            self._free(old)
+        self._note_peaks()
+
+    def _copy_columns(self, src: Branch, dst: Branch, n: int) -> None:
+        """Columns [0, n) of `src`'s row (KV and final hidden states) into `dst`'s row."""
+        self.store.copy_rows([src.row], [dst.row], n)
+        self.hidden[dst.row, :n] = self.hidden[src.row, :n]
+        self.stats.rows_copied += 1
+        self.stats.bytes_copied += n * self.cell_bytes
 
     @torch.no_grad()
     def fork(self, branch: Branch, n: int) -> list[Branch]:
@@ -403,6 +457,11 @@ class Engine:
 
     @property
     def live_branches(self) -> list[Branch]:
+        """The callers' branches (prefix-cache rows not included)."""
+        return [b for b in self._rows if b is not None and not b.cached]
+
+    def _occupied(self) -> list[Branch]:
+        """Every branch holding a row, prefix-cache entries included, in row order."""
         return [b for b in self._rows if b is not None]
 
     @property
@@ -412,7 +471,7 @@ class Engine:
         limit = self.max_rows
         if self.max_kv_bytes is not None:
             limit = min(limit, self.max_kv_bytes // (self._min_cols() * self.cell_bytes))
-        return max(0, limit - sum(b is not None for b in self._rows))
+        return max(0, limit - len(self.live_branches))
 
     @property
     def kv_bytes(self) -> int:
@@ -474,14 +533,22 @@ class Engine:
         rows = self.store.row_capacity
         if self.max_kv_bytes is not None and rows * cols * self.cell_bytes > self.max_kv_bytes:
             if self.max_kv_bytes // (rows * self.cell_bytes) < extent:
-                rows = max(1, len(self.live_branches))
+                rows = max(1, len(self._occupied()))
             cols = max(extent, min(cols, self.max_kv_bytes // (rows * self.cell_bytes)))
         self._resize(rows, cols)
 
-    def _alloc_rows(self, n: int) -> list[int]:
-        live = sum(b is not None for b in self._rows)
+    def _alloc_rows(self, n: int, keep: Sequence[Branch] = ()) -> list[int]:
+        """`n` free rows (contiguous when possible), growing the store within the bounds; prefix-cache
+        entries give way (least recently used first, never one in `keep`) when rows or bytes run short."""
+        live = len(self.live_branches)
         if live + n > self.max_rows:
             raise CapacityError(f"max_rows={self.max_rows} exceeded: {live} live branches + {n} requested")
+        while self.prefix_cache and not self._fits_rows(len(self._occupied()) + n):
+            old = self.prefix_cache.evict(1, keep)
+            if not old:
+                break
+            self._free(old[0])
+        used = len(self._occupied())
         run = _free_run(self._rows, n)
         if run is None and len(self._rows) < self.max_rows:
             cap = len(self._rows)
@@ -491,25 +558,36 @@ class Engine:
                 new_cap = min(self.max_rows, new_cap * 2)
             cols = self.store.col_capacity
             if self.max_kv_bytes is not None:  # as many rows as fit, if that is enough
-                if self.max_kv_bytes // (cols * self.cell_bytes) < live + n:
-                    cols = self._min_cols()  # columns past the longest live branch are not needed
-                new_cap = max(min(new_cap, self.max_kv_bytes // (cols * self.cell_bytes)), live + n)
+                if self.max_kv_bytes // (cols * self.cell_bytes) < used + n:
+                    cols = self._min_cols()  # columns past the longest branch are not needed
+                new_cap = max(min(new_cap, self.max_kv_bytes // (cols * self.cell_bytes)), used + n)
             if new_cap > cap or cols != self.store.col_capacity:
                 self._resize(new_cap, cols)
             run = _free_run(self._rows, n)
         if run is not None:
             return list(range(run, run + n))
-        return [i for i, b in enumerate(self._rows) if b is None][:n]
+        rows = [i for i, b in enumerate(self._rows) if b is None][:n]
+        if len(rows) < n:  # only when cache entries in `keep` hold the rows
+            raise CapacityError(f"max_rows={self.max_rows} exceeded: {used} rows held (prefix-cache rows "
+                                f"in use included) + {n} requested")
+        return rows
+
+    def _fits_rows(self, rows: int) -> bool:
+        """Whether `rows` occupied rows fit `max_rows` and, at the columns the longest branch needs,
+        `max_kv_bytes`."""
+        if rows > self.max_rows:
+            return False
+        return self.max_kv_bytes is None or rows * self._min_cols() * self.cell_bytes <= self.max_kv_bytes
 
     def _min_cols(self) -> int:
         """The fewest columns the store can shrink to: the longest live branch (at least 16)."""
-        return max([16] + [b.length for b in self.live_branches])
+        return max([16] + [b.length for b in self._occupied()])
 
     def _resize(self, rows: int, cols: int) -> None:
         """Reallocate the store and hidden states to `rows` x `cols`, keeping every live branch's
         columns; when `rows` is below the row capacity, live branches move to rows 0, 1, ..."""
         self._check_bytes(rows, cols)
-        live = self.live_branches
+        live = self._occupied()
         keep = None
         if rows < len(self._rows):
             keep = [b.row for b in live]
@@ -547,7 +625,7 @@ class Engine:
         return self.lm_head(self.hidden[rows, cols]).float()
 
     def _note_peaks(self) -> None:
-        live = sum(b is not None for b in self._rows)
+        live = len(self.live_branches)  # callers' branches; cache rows show in peak_kv_bytes
         self.stats.peak_rows = max(self.stats.peak_rows, live)
         self.stats.peak_kv_bytes = max(self.stats.peak_kv_bytes, self.kv_bytes)
 

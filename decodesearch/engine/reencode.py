@@ -17,13 +17,14 @@ from decodesearch.engine.engine import Branch, Engine
 
 
 class ReencodeEngine(Engine):
-    """Same operations and stats as `Engine`; no KV sharing between branches, no batching.
+    """Same operations and stats as `Engine`; no KV sharing between branches or prompts, no batching.
 
     With `miss_on_extend=True` an `extend` is a cache miss too: the loop that calls
     `model.generate` afresh on the whole text for every segment.
     """
 
     def __init__(self, model, tokenizer, *, miss_on_extend: bool = False, **kwargs):
+        kwargs.setdefault("prefix_cache_rows", 0)  # the baseline shares nothing between prompts either
         super().__init__(model, tokenizer, **kwargs)
         self.miss_on_extend = miss_on_extend
 

@@ -62,9 +62,11 @@ class _Decode(_Request):
 
 @dataclass
 class SearchStats:
-    """What one search cost: tokens it had forwarded, forward calls it took part in, rows copied."""
+    """What one search cost: tokens it had forwarded, prompt tokens taken from the prefix cache,
+    forward calls it took part in, rows copied."""
 
     tokens_forwarded: int = 0
+    tokens_reused: int = 0
     forward_calls: int = 0
     rows_copied: int = 0
 
@@ -289,9 +291,10 @@ class Scheduler:
             return
         try:
             if req.branch is None:
-                [b], _ = self.engine._new_roots([req.ids], None if req.seed is None else [req.seed])
+                [b], [rest] = self.engine._new_roots([req.ids], None if req.seed is None else [req.seed])
                 t.ctx.owned.append(b)
-                t.waiting = _Forward([b], [req.ids], result=b)
+                t.ctx.stats.tokens_reused += len(req.ids) - len(rest)
+                t.waiting = _Forward([b], [rest], result=b)  # a new root: its prompt goes to the prefix cache
                 return
             kids = self.engine.fork(req.branch, req.n)
             t.ctx.owned.extend(kids)
@@ -331,6 +334,8 @@ class Scheduler:
             if t.throw is not None or t.ready:
                 continue
             if isinstance(t.waiting, _Forward):
+                if isinstance(t.waiting.result, Branch):
+                    self.engine._remember_prompt(t.waiting.result)
                 t.send, t.waiting, t.ready = t.waiting.result, None, True
             elif isinstance(t.waiting, _Decode) and all(r.stop_reason is not None for r in t.waiting.rows):
                 t.send, t.waiting, t.ready = [r.result() for r in t.waiting.rows], None, True

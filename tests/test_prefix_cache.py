@@ -1,0 +1,84 @@
+"""The prefix cache: prompts that share a long prefix forward it once; reuse is exact; cached rows give
+way to live branches; the scheduler route reuses too."""
+
+import pytest
+import torch
+
+from decodesearch.engine import CapacityError, Engine, Stop
+from decodesearch.engine.prefix_cache import PrefixCache, common_prefix
+from decodesearch.strategies import Greedy, PromptFormat
+
+NO_EOS = Stop(eos_ids=())
+SHARED = [(7 * i + 3) % 120 + 1 for i in range(48)]  # a 48-token "few-shot block"
+
+
+def fresh_logits(model, tokens):
+    with torch.no_grad():
+        return model(torch.tensor([tokens])).logits[0, -1].float()
+
+
+class _Entry:
+    def __init__(self, tokens):
+        self.tokens = tokens
+
+
+def test_prefix_cache_match_insert_evict_lru():
+    cache = PrefixCache(capacity=2, min_tokens=3)
+    a, b, c = _Entry([1, 2, 3, 4, 5]), _Entry([1, 2, 3, 9]), _Entry([7, 7, 7, 7])
+    assert cache.insert(a) == [] and cache.insert(b) == []
+    assert cache.match_prefix([1, 2, 3, 4, 8]) == (a, 4)  # the longest common prefix wins
+    assert cache.match_prefix([1, 2, 8]) == (None, 0)  # 2 < min_tokens
+    assert cache.insert(c) == [b]  # b is least recently used (a was just matched)
+    assert cache.evict(5, keep=[a]) == [c] and cache.entries == [a]
+    assert cache.covers([1, 2, 3]) and not cache.covers([1, 2, 3, 4, 5, 6])
+    assert common_prefix([1, 2], [1, 2, 3]) == 2
+    with pytest.raises(ValueError, match="prefix_cache_rows"):
+        PrefixCache(-1, 3)
+
+
+def test_shared_prefix_is_forwarded_once_and_reuse_is_exact(tiny_llama):
+    model, tok = tiny_llama
+    engine = Engine(model, tok, prefix_min_tokens=16)
+    plain = Engine(model, tok, prefix_cache_rows=0)
+    p1, p2 = SHARED + [5, 6, 7], SHARED + [9, 10]
+    r1 = engine.prefill(p1)
+    assert engine.stats.tokens_forwarded == len(p1) and engine.stats.tokens_reused == 0
+    r2 = engine.prefill(p2)
+    assert engine.stats.tokens_reused == len(SHARED) and engine.stats.tokens_forwarded == len(p1) + 2
+    assert r2.tokens == p2 and r2.start == len(p2) and engine.live_branches == [r1, r2]
+    assert torch.allclose(engine.logits([r2])[0], fresh_logits(model, p2), atol=1e-4)
+    out = engine.decode([r2], 12, stop=NO_EOS)[0]
+    assert out == plain.decode([plain.prefill(p2)], 12, stop=NO_EOS)[0]
+    assert torch.allclose(engine.logits([r2])[0], fresh_logits(model, r2.tokens), atol=1e-4)
+    # The same prompt again: everything but its last token comes from the cache.
+    before = engine.stats.tokens_forwarded
+    engine.prefill(p1)
+    assert engine.stats.tokens_forwarded == before + 1
+
+
+def test_cached_rows_give_way_to_live_branches(tiny_llama):
+    model, tok = tiny_llama
+    engine = Engine(model, tok, max_rows=2, prefix_min_tokens=16)
+    root = engine.prefill(SHARED)
+    assert len(engine.prefix_cache) == 1 and engine.free_rows == 1  # the cache row counts as free
+    [kid] = engine.fork(root, 1)  # takes the cache's row
+    assert len(engine.prefix_cache) == 0 and engine.live_branches == [root, kid]
+    with pytest.raises(CapacityError, match="max_rows=2"):
+        engine.fork(root, 1)
+    engine.release(kid)
+    engine.release(root)
+    again = engine.prefill(SHARED + [1])  # nothing cached any more: forwarded in full
+    assert engine.stats.tokens_reused == 0 and again.tokens == SHARED + [1]
+
+
+def test_scheduler_route_reuses_the_shared_prefix(tiny_llama):
+    model, tok = tiny_llama
+    fmt = PromptFormat(instruction=None, system="".join(chr(97 + i % 26) for i in range(60)), chat=False)
+    problems = ["one", "two", "three", "four"]
+    strat = Greedy(max_tokens=6, prompt_format=fmt, stop=NO_EOS)
+    cached = Engine(model, tok)
+    got = strat.run(cached, problems, concurrency=1)
+    want = strat.run(Engine(model, tok, prefix_cache_rows=0), problems, concurrency=1)
+    assert [r.token_ids for r in got] == [r.token_ids for r in want]
+    assert cached.stats.tokens_reused >= 3 * 60  # problems 2-4 reuse the instruction
+    assert sum(r.tokens_forwarded for r in got) + cached.stats.tokens_reused == sum(r.tokens_forwarded for r in want)
