@@ -1,7 +1,7 @@
 """Python side of benchmarks/gpu_check.sh (issue 17); run it through that script.
 
     python benchmarks/gpu_check.py engine --model NAME --device cuda --dtype bfloat16 --out engine.json
-    python benchmarks/gpu_check.py model-path NAME        # convert a registry model if needed, print its folder
+    python benchmarks/gpu_check.py model-path NAME [--out model.json]  # convert a registry model once, print its folder
     python benchmarks/gpu_check.py synth-data DIR --level 2 --count 64
     python benchmarks/gpu_check.py summary DIR [--smoke]  # the table over DIR/stages.tsv and the JSON files
 
@@ -219,10 +219,15 @@ def cmd_engine(args) -> int:
 
 
 def cmd_model_path(args) -> int:
+    """Convert a registry model once (GGUF -> HF folder in the cache) so later stages only load it."""
     from decodesearch.models import cached_path, load_model
 
+    t0 = time.time()
     load_model(args.name, dtype="float32", device="cpu")  # converts once if needed
-    print(cached_path(args.name))
+    info = {"model": args.name, "path": str(cached_path(args.name)), "seconds": time.time() - t0}
+    if args.out:
+        Path(args.out).write_text(json.dumps(info, indent=2) + "\n")
+    print(info["path"])
     return 0
 
 
@@ -290,6 +295,11 @@ def stage_details(name: str, d: Path, smoke: bool) -> tuple[bool, str, dict | No
             return False, "no device.json", None
         ok = smoke or j.get("cuda", False)
         return ok, f"{j.get('gpu') or 'no GPU'}; torch {j.get('torch')}, triton {j.get('triton')}", j
+    if name == "model":
+        j = _load(d / "model.json")
+        if j is None:
+            return False, "no model.json", None
+        return True, f"{j['model']} converted/cached at {j['path']}", j
     if name == "kernel_tests":
         j = _junit(d / "kernel_tests.xml")
         if j is None:
@@ -419,6 +429,7 @@ def main(argv=None) -> int:
     e.add_argument("--out", required=True)
     m = sub.add_parser("model-path")
     m.add_argument("name")
+    m.add_argument("--out", default=None)
     s = sub.add_parser("synth-data")
     s.add_argument("dir")
     s.add_argument("--level", type=int, default=2)

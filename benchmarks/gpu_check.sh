@@ -6,6 +6,7 @@
 #
 # Stages, each under its own `timeout` (a failed or timed-out stage is reported, the next one runs):
 #   install       make install (GPU mode always; --smoke only when .venv is missing)
+#   model         convert the model from its GGUF once (cached; setup, like install)
 #   device        GPU name, capability, torch / triton versions
 #   kernel_tests  tests/test_kernels.py on CUDA with compiled Triton (TRITON_INTERPRET=0)
 #   engine        greedy = model.generate and a random-operation parity walk, Qwen2.5-Coder-0.5B bf16 on CUDA
@@ -24,7 +25,7 @@ SMOKE=0
 for arg in "$@"; do
     case "$arg" in
         --smoke) SMOKE=1 ;;
-        -h|--help) sed -n '2,22p' "${BASH_SOURCE[0]}"; exit 0 ;;
+        -h|--help) sed -n '2,23p' "${BASH_SOURCE[0]}"; exit 0 ;;
         *) echo "gpu_check.sh: unknown argument '$arg' (accepted: --smoke, --help)" >&2; exit 2 ;;
     esac
 done
@@ -87,11 +88,14 @@ fi
 SMOKE_FLAG=()
 [ "$SMOKE" = 1 ] && SMOKE_FLAG=(--smoke)
 
+# setup: convert the model once (cached), so the stages below only load it
+run_stage model "$(limit model 300)" "$PY" benchmarks/gpu_check.py model-path "$MODEL" --out "$RESULTS/model.json"
+
 run_stage device "$(limit device 60)" "$PY" benchmarks/gpu_check.py device --out "$RESULTS/device.json" "${SMOKE_FLAG[@]}"
 
 # ------------------------------------------------------------------------- 1. correctness on the device
 # TRITON_INTERPRET=0 with a GPU: tests/test_kernels.py runs on CUDA tensors with compiled kernels.
-run_stage kernel_tests "$(limit kernel_tests 120)" .venv/bin/pytest -q -p no:cacheprovider tests/test_kernels.py \
+run_stage kernel_tests "$(limit kernel_tests 150)" .venv/bin/pytest -q -p no:cacheprovider tests/test_kernels.py \
     --junitxml="$RESULTS/kernel_tests.xml"
 
 if [ "$SMOKE" = 1 ]; then  # the engine's forks and scores go through the (interpreted) Triton kernels too
@@ -110,7 +114,7 @@ run_stage kernels "$(limit kernels 75)" "$PY" benchmarks/kernels.py "${SMOKE_FLA
 # ----------------------------------------------------------------------------------- 3. throughput
 if [ "$SMOKE" = 1 ]; then
     # a tiny random Llama with SmolLM2's tokenizer (throughput.py --smoke), toy problems
-    TOKENIZER="$("$PY" benchmarks/gpu_check.py model-path "$MODEL" 2>/dev/null | tail -n 1)"
+    TOKENIZER="$("$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["path"])' "$RESULTS/model.json")"
     run_stage throughput "$(limit throughput 90)" "$PY" benchmarks/throughput.py --smoke --model "$TOKENIZER" \
         --dtype float32 --device cpu --problems 4 --serial-problems 2 --max-tokens 6 --hf-batch 2 \
         --hf-sample-batch 2 --out "$RESULTS/throughput.json"

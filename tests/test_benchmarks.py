@@ -65,7 +65,7 @@ def test_gpu_check_smoke(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["smoke"] is True and summary["all_passed"] is True
     status = {s["stage"]: s["status"] for s in summary["stages"]}
-    assert status == {"install": "skipped", "device": "ok", "kernel_tests": "ok", "engine": "ok", "kernels": "ok",
+    assert status == {"install": "skipped", "model": "ok", "device": "ok", "kernel_tests": "ok", "engine": "ok", "kernels": "ok",
                       "throughput": "ok"}
     kt = json.loads((out / "kernel_tests.json").read_text())
     assert kt["passed"] > 50 and kt["failures"] == 0 and kt["mode"] == "cpu, triton interpreter"
