@@ -312,3 +312,120 @@ def test_hf_custom_generate_caps_by_max_new_tokens_and_warns_on_sampling_setting
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message="decodesearch")
         model.generate(input_ids=ids, max_new_tokens=3, custom_generate=hf("greedy", tok, prompt_format=PLAIN))
+
+
+# ------------------------------------------------------------------ IDS on reasoning models (<think> ... </think>)
+
+class _ThinkTokenizer(ByteTokenizer):
+    """ByteTokenizer in which id `open_id` is the one token `<think>` and id `close_id` the one
+    token `</think>` (both encode from and decode to their tags), as in a reasoning model's vocabulary."""
+
+    def __init__(self, open_id: int = 127, close_id: int = 126):
+        self.open_id, self.close_id = open_id, close_id
+
+    def encode(self, text, add_special_tokens=False):
+        import re
+
+        out = []
+        for part in re.split(r"(</?think>)", text):
+            if part in ("<think>", "</think>"):
+                out.append(self.open_id if part == "<think>" else self.close_id)
+            elif part:
+                out.extend(super().encode(part))
+        return out
+
+    def decode(self, ids, skip_special_tokens=True):
+        tags = {self.open_id: "<think>", self.close_id: "</think>"}
+        return "".join(tags[i] if i in tags else super(_ThinkTokenizer, self).decode([i], skip_special_tokens)
+                       for i in ids)
+
+
+def _think_greedy(model, prompt="<think>Q", avoid=("W",)):
+    """A tokenizer whose `</think>` is the token the tiny model greedily writes first at position
+    `cut` (>= 4) after `prompt`, the greedy tokens, and `cut`."""
+    tok = _ThinkTokenizer()
+    probe = Engine(model, tok)
+    greedy = probe.decode([probe.prefill(tok.encode(prompt))], 40, stop=NO_EOS)[0]
+    bad = {tok.open_id} | {tok.encode(a)[0] for a in avoid}
+    cut = min(j for j in range(4, 40) if greedy[j] not in greedy[:j] and greedy[j] not in bad)
+    return _ThinkTokenizer(close_id=greedy[cut]), list(greedy), cut
+
+
+def test_ids_think_accept_puts_no_trigger_after_the_end_of_thinking(llama):
+    """A sample that closes its thinking before its first boundary has finished thinking: it writes
+    its answer and the boundaries it passes while answering get no trigger (without thinking tags,
+    or with `think="off"`, or after a prompt that closed the span, they do)."""
+    model, _ = llama
+    tok, greedy, cut = _think_greedy(model)
+    from decodesearch.strategies.ids import think_tag_ids
+
+    assert think_tag_ids(tok) == (tok.open_id, tok.close_id) and think_tag_ids(ByteTokenizer()) is None
+    common = dict(n=1, b0=cut + 3, gamma=2.0, max_tokens=40, stop=NO_EOS, prompt_format=PLAIN,
+                  sampler=Sampler(temperature=0.0), triggers=["W"])
+    res = IDS(**common).run(Engine(model, tok), ["<think>Q"])[0]
+    s = res.samples[0]
+    assert not [e for e in res.trace if e["event"] == "trigger"]
+    assert s.token_ids == greedy[:40] and s.tokens_generated == 40 and s.tokens_forced == 0
+    assert [e["position"] for e in res.trace if e["event"] == "think_end"] == [cut + 1]
+    assert res.trace[0]["think"] is True
+    assert "</think>" in s.text and "W" not in s.text.split("</think>", 1)[1]
+    # The same boundaries trigger after the tag when the span is not used.
+    off = IDS(think="off", **common).run(Engine(model, tok), ["<think>Q"])[0]
+    boundaries = IDS(**common).boundaries
+    assert boundaries[0] == cut + 3 and len(boundaries) >= 2
+    assert [e["position"] for e in off.trace if e["event"] == "trigger"] == boundaries
+    closed = IDS(**common).run(Engine(model, tok), ["<think></think>Q"])[0]
+    assert closed.trace[0]["think"] is False
+    assert [e["position"] for e in closed.trace if e["event"] == "trigger"] == boundaries
+
+
+def test_ids_think_force_replaces_an_early_end_of_thinking(llama):
+    """policy="force": an early `</think>` is dropped and replaced by the trigger (as s1 does), while
+    a boundary is still ahead; a kept `</think>` is never followed by a trigger."""
+    model, _ = llama
+    tok, greedy, cut = _think_greedy(model)
+    ids = IDS(n=1, b0=cut + 3, gamma=2.0, max_tokens=40, stop=NO_EOS, prompt_format=PLAIN,
+              sampler=Sampler(temperature=0.0), triggers=["W"], policy="force")
+    res = ids.run(Engine(model, tok), ["<think>Q"])[0]
+    s = res.samples[0]
+    triggers = [e for e in res.trace if e["event"] == "trigger"]
+    assert triggers[0]["reason"] == "think_end" and triggers[0]["position"] == cut + 1
+    assert s.token_ids[: cut + 1] == greedy[:cut] + tok.encode("W")  # the tag's place holds the trigger
+    assert s.text.startswith(tok.decode(greedy[:cut]) + "W")
+    replaced = sum(e["reason"] == "think_end" for e in triggers)
+    # A dropped tag counts as sampled: it was generated (and forwarded once).
+    assert s.tokens_generated == len(s.token_ids) - s.tokens_forced + replaced
+    assert res.tokens_forwarded == 2 + len(s.token_ids) + replaced
+    kept = [e["position"] for e in res.trace if e["event"] == "think_end"]
+    for pos in kept:  # a kept </think>: no boundary ahead any more, and no trigger after it
+        assert not any(p > pos for p in ids.boundaries) or any(
+            t["position"] == pos - 1 for t in triggers)  # or it came right after a trigger
+        assert not [t for t in triggers if t["position"] >= pos]
+    for t in triggers[1:]:
+        if t["reason"] == "think_end":
+            assert any(p > t["position"] for p in ids.boundaries)
+
+
+@pytest.mark.parametrize("align", ["none", "line"])
+def test_ids_think_triggers_only_inside_the_thinking_span(llama, align):
+    """Sampled samples that close their thinking at random points: every trigger of a sample lies
+    before its `</think>`; the boundaries after it get none."""
+    model, _ = llama
+    tok = _ThinkTokenizer(close_id=46)  # a token this model often samples at temperature 1
+    trigger = "WAIT"
+    ids = IDS(n=8, b0=2, gamma=1.5, max_tokens=30, stop=NO_EOS, prompt_format=PLAIN, seed=3, align=align,
+              align_max_tokens=2, triggers=[trigger], sampler=Sampler(temperature=1.0))
+    res = ids.run(Engine(model, tok), ["<think>Q"])[0]
+    closed_early = 0
+    for i, s in enumerate(res.samples):
+        ends = [e["position"] for e in res.trace if e["event"] == "think_end" and e["sample"] == i]
+        mine = [e["position"] for e in res.trace if e["event"] == "trigger" and e["sample"] == i]
+        if not ends:
+            assert "</think>" not in s.text
+            continue
+        assert len(ends) == 1 and all(p < ends[0] for p in mine)
+        thinking, answer = s.text.split("</think>", 1)
+        assert trigger not in answer and thinking.count(trigger) == len(mine)
+        if any(ends[0] < p < s.tokens_generated for p in ids.boundaries):
+            closed_early += 1  # a boundary passed while answering: it got no trigger
+    assert closed_early >= 2

@@ -21,6 +21,34 @@ exact equal-token comparisons. Before each trigger the answer the model had stat
 by majority vote, best-of-N by a scorer, or none (the first sample); answers come only from the
 model's own tokens, never from a trigger.
 
+Reasoning models (a thinking span `<think> ... </think>` before the answer). With `think="auto"`
+(the default) and a tokenizer that has `<think>` and `</think>` as single tokens, a sample whose
+prompt leaves thinking open (the prompt ends inside `<think>`, or has no tag, so the model may open
+one itself) gets its triggers inside the thinking span only, never in the answer after `</think>`;
+a prompt that already closed it (a chat template with thinking switched off) is a plain prompt, and
+`think="off"` ignores the tags. While thinking, decoding also stops on `</think>`, so the tag is held
+back for a decision before anything follows it:
+- A boundary reached while the sample is still thinking gets its trigger there, as for any model:
+  the sample has not written `</think>`, so the trigger lands before it.
+- `policy="accept"`: a `</think>` before the next boundary means the sample finished thinking, as an
+  early EOS does for a plain model. The tag is kept, the sample writes its answer (to EOS or
+  `max_tokens`) and the boundaries it passes while answering get no trigger: a trigger after
+  `</think>` would be reflection outside the thinking, in a place the model was not trained to
+  reflect, and moving it before `</think>` would throw away the answer the sample wrote and reopen a
+  thinking it closed, which is what `force` is for.
+- `policy="force"`: a `</think>` that comes while a boundary is still ahead of the sample is dropped
+  (rewound) and replaced by the trigger, as s1 replaces the end of thinking by "Wait", so every
+  sample gets all of its scheduled reflections inside its thinking; after its last boundary a
+  `</think>` is kept and the sample answers with what is left of `max_tokens` (at least half of it
+  on the budget schedule). A `</think>` right after a trigger is kept (the model insists; this
+  also bounds the loop). The dropped `</think>` counts as a sampled token: it was generated.
+- An EOS inside the thinking span is treated as for a plain model (accepted, or replaced by a
+  trigger with `force`); an EOS in the answer always ends the sample.
+- Answers are read as for any model, from the model's own tokens, thinking included (a `\\boxed{}`
+  in the answer comes last and wins). The trace's "fork" event says whether the span was used
+  (`think`), a "think_end" event marks a kept `</think>`, and a replaced one is a trigger with
+  reason "think_end".
+
 Defaults, and why (the paper's exact values could not be read here):
 - n=4: the largest sample count that keeps a CPU benchmark of small models practical while a
   majority vote still means something.
@@ -42,6 +70,7 @@ from typing import Callable, Sequence
 from decodesearch.engine import Branch, Stop
 from decodesearch.engine.scheduler import SearchEngine
 from decodesearch.scoring.answers import extract_answer
+from decodesearch.strategies.budget_forcing import BudgetForcing
 from decodesearch.strategies.base import SearchResult, Strategy, check_positive_int, make_sample, model_text
 from decodesearch.strategies.sampling import best_of, vote
 
@@ -56,6 +85,31 @@ AGGREGATES = ("majority", "best_of_n", "none")
 TRIGGER_ORDERS = ("cycle", "random")
 SCHEDULES = ("budget", "segments")
 ALIGNS = ("none", "line")
+THINKS = ("auto", "off")
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+
+
+def think_tag_ids(tokenizer) -> tuple[int, int] | None:
+    """The ids of `<think>` and `</think>` when the tokenizer has each as one token (it encodes to
+    that single token and decodes back to the tag), else None."""
+    ids = []
+    for tag in (THINK_OPEN, THINK_CLOSE):
+        try:
+            enc = tokenizer.encode(tag, add_special_tokens=False)
+        except Exception:  # a tokenizer that cannot encode the tag has no such token
+            return None
+        if len(enc) != 1 or tokenizer.decode(enc, skip_special_tokens=False) != tag:
+            return None
+        ids.append(int(enc[0]))
+    return ids[0], ids[1]
+
+
+def prompt_leaves_thinking_open(prompt_ids, tags: tuple[int, int]) -> bool:
+    """Whether a sample after `prompt_ids` starts inside (or may open) a thinking span: the prompt's
+    last think tag is `<think>`, or it has none. False when the prompt closed the span."""
+    open_id, close_id = tags
+    last = {t: i for i, t in enumerate(prompt_ids) if t in tags}
+    return last.get(close_id, -1) <= last.get(open_id, -1) if close_id in last else True
 
 
 def budget_boundaries(b0: int, gamma: float, max_tokens: int) -> list[int]:
@@ -102,6 +156,7 @@ class IDS(Strategy):
         policy: str = "accept",
         aggregate: str = "majority",
         scorer: Callable[[str], float] | None = None,
+        think: str = "auto",
         **kwargs,
     ):
         # Each option is checked on its own and every bad one is reported (one error, one line each),
@@ -120,6 +175,7 @@ class IDS(Strategy):
             ("aggregate", aggregate, AGGREGATES),
             ("schedule", schedule, SCHEDULES),
             ("align", align, ALIGNS),
+            ("think", think, THINKS),
         ):
             if not isinstance(value, str) or value not in allowed:
                 problems.append(f"{name}={value!r} is not accepted; choose one of {', '.join(allowed)}")
@@ -153,6 +209,7 @@ class IDS(Strategy):
         self.trigger_order, self.policy, self.aggregate, self.scorer = trigger_order, policy, aggregate, scorer
         self.schedule, self.align, self.align_max_tokens = schedule, align, align_max_tokens
         self.count_triggers = bool(count_triggers)
+        self.think = think
         make = budget_boundaries if schedule == "budget" else segment_boundaries
         self.boundaries = make(b0, self.gamma, max_tokens)
 
@@ -175,29 +232,58 @@ class IDS(Strategy):
     async def search(self, engine: SearchEngine, root: Branch, prompt: str) -> SearchResult:
         tok = engine.tokenizer
         trigger_ids = [tok.encode(t, add_special_tokens=False) for t in self.triggers]
+        tags = think_tag_ids(tok) if self.think == "auto" else None
+        thinks = tags is not None and prompt_leaves_thinking_open(root.tokens, tags)
+        # Each sample's phase: "plain" (no thinking span), "think" (inside it: triggers go here),
+        # "answer" (after its kept </think>: no more triggers).
+        phase = ["think" if thinks else "plain"] * self.n
+        think_stop = Stop(eos_ids=self.stop.eos_ids, strings=self.stop.strings + (THINK_CLOSE,),
+                          boundaries=self.stop.boundaries)
         branches = await engine.fork(root, self.n)
         rngs = [random.Random(b.seed) for b in branches]
         sampled, forced = [0] * self.n, [0] * self.n
         before: list[list[str | None]] = [[] for _ in range(self.n)]
         trace: list[dict] = [{"event": "fork", "n": self.n, "boundaries": list(self.boundaries),
-                              "schedule": self.schedule}]
+                              "schedule": self.schedule, "think": thinks}]
 
         def spent(i: int) -> int:  # what counts against max_tokens
             return sampled[i] + (forced[i] if self.count_triggers else 0)
 
         active = list(range(self.n))
         while active:
-            limits = [self._next_stop(spent(i)) - spent(i) for i in active]
-            outs = await engine.decode([branches[i] for i in active], limits, self.sampler, self.stop)
+            limits = [(self.max_tokens if phase[i] == "answer" else self._next_stop(spent(i))) - spent(i)
+                      for i in active]
+            stops = [think_stop if phase[i] == "think" else self.stop for i in active]
+            outs = await engine.decode([branches[i] for i in active], limits, self.sampler, stops)
+            last = {i: list(out) for i, out in zip(active, outs)}  # each sample's latest decoded tokens
             for i, out in zip(active, outs):
                 sampled[i] += len(out)
+                if phase[i] == "think":
+                    self._mark_think_end(tok, branches[i], out)
             if self.align == "line":
-                await self._align([branches[i] for i in active if branches[i].stop_reason == "length"
-                                   and spent(i) < self.max_tokens], engine, sampled, branches)
-            to_trigger = []
+                aligned = [i for i in active if phase[i] != "answer" and branches[i].stop_reason == "length"
+                           and spent(i) < self.max_tokens]
+                for i, out in zip(aligned, await self._align(aligned, engine, sampled, branches, phase)):
+                    last[i] = out
+            to_trigger, answering = [], []
             for i, out in zip(active, outs):
                 b = branches[i]
-                if spent(i) >= self.max_tokens or b.stop_reason == "context":
+                if b.stop_reason == "think_end":  # a </think> held back: keep it, or replace it (force)
+                    k = BudgetForcing._tokens_holding(tok, last[i], THINK_CLOSE)
+                    j = b.length - k - 1  # the token before the tag: the model's own, or a trigger's
+                    own = j >= b.start and b.token_logprobs[j] is not None
+                    ahead = any(p > spent(i) for p in self.boundaries)
+                    if self.policy == "force" and own and ahead and b.length - k + 1 < engine.max_context:
+                        engine.rewind(b, k)
+                        to_trigger.append((i, "think_end"))
+                        continue
+                    b.stop_reason = "length" if spent(i) >= self.max_tokens else "stop_string"
+                    phase[i] = "answer"
+                    trace.append({"event": "think_end", "sample": i, "position": sampled[i]})
+                    if spent(i) < self.max_tokens:
+                        answering.append(i)
+                    continue
+                if spent(i) >= self.max_tokens or b.stop_reason == "context" or phase[i] == "answer":
                     continue
                 if b.stop_reason in ("length", "line"):
                     to_trigger.append((i, "boundary"))
@@ -220,7 +306,8 @@ class IDS(Strategy):
                     forced[i] += len(trigger_ids[t])
                 if bs:
                     await engine.extend(bs, ids)
-            active = [i for i, _ in to_trigger if branches[i].stop_reason != "context" and spent(i) < self.max_tokens]
+            active = sorted(answering + [i for i, _ in to_trigger if branches[i].stop_reason != "context"
+                                         and spent(i) < self.max_tokens])
         samples = [make_sample(b, g, answers_before_triggers=a, tokens_forced=f)
                    for b, g, a, f in zip(branches, sampled, before, forced)]
         for i, s in enumerate(samples):
@@ -230,20 +317,35 @@ class IDS(Strategy):
         trace.append({"event": "choose", "sample": chosen, "aggregate": self.aggregate})
         return self.result(prompt, samples[chosen], samples, trace)
 
-    async def _align(self, bs: list[Branch], engine: SearchEngine, sampled: list[int], branches: list[Branch]) -> None:
-        """Decode each of `bs` (stopped at a boundary) to the end of its line, at most
+    def _mark_think_end(self, tok, branch: Branch, out: list[int]) -> None:
+        """A thinking sample's decode that ended on `</think>` (stopped by it, or by the budget on the
+        very token; not by a caller's stop string) gets stop reason "think_end"."""
+        if out and branch.stop_reason in ("length", "stop_string") and not self.stop.hit(tok, out) \
+                and THINK_CLOSE in tok.decode(out[-(len(THINK_CLOSE) + 2):], skip_special_tokens=False):
+            branch.stop_reason = "think_end"
+
+    async def _align(self, idx: list[int], engine: SearchEngine, sampled: list[int], branches: list[Branch],
+                     phase: list[str]) -> list[list[int]]:
+        """Decode each sample of `idx` (stopped at a boundary) to the end of its line, at most
         `align_max_tokens` more (and never past `max_tokens`); a row that ended its line has
-        stop reason "line"."""
-        if not bs:
-            return
-        idx = [branches.index(b) for b in bs]
+        stop reason "line" (one inside a thinking span that wrote `</think>` instead: "think_end").
+        Returns the tokens each decoded."""
+        if not idx:
+            return []
+        bs = [branches[i] for i in idx]
         room = [min(self.align_max_tokens, self.max_tokens - sampled[i]) for i in idx]
         line = Stop(eos_ids=self.stop.eos_ids, strings=("\n",))
-        outs = await engine.decode(bs, room, self.sampler, line)
+        think_line = Stop(eos_ids=self.stop.eos_ids, strings=("\n", THINK_CLOSE))
+        stops = [think_line if phase[i] == "think" else line for i in idx]
+        outs = await engine.decode(bs, room, self.sampler, stops)
         for i, b, out in zip(idx, bs, outs):
             sampled[i] += len(out)
             if b.stop_reason == "stop_string":
-                b.stop_reason = "stop_string" if self.stop.hit(engine.tokenizer, out) else "line"
+                if phase[i] == "think":
+                    self._mark_think_end(engine.tokenizer, b, out)
+                if b.stop_reason == "stop_string":
+                    b.stop_reason = "stop_string" if self.stop.hit(engine.tokenizer, out) else "line"
+        return [list(o) for o in outs]
 
     def _choose(self, branches, samples, trace) -> int:
         if self.aggregate == "majority":
