@@ -18,6 +18,16 @@ rest, so the shared conversation (prompt and committed response) is not re-encod
 evaluation. Both option orders go through the model in ONE batched forward. Scores are memoised
 by text (per engine).
 
+A template may instead ask ONE question once (``both_orders=False``, e.g. `TRUTHFUL_YES_NO`, as the
+official truthfulness variant does): its first letter is the good answer and the score is
+``v = 2·a − 1`` (``a = 1`` if the good answer wins; soft: its renormalised probability).
+
+Templates written for this library: `HARMLESS` (short), `HH` (the shape of the official RAIN HH
+judge: ten few-shot conversations whose assistant replies are partial clauses, each answered with
+a full-sentence option and a one-line explanation, ending "The answer is: ("; RAIN judges
+clause-level prefixes, so the shots are prefixes too), `TRUTHFUL` (A/B), `TRUTHFUL_YES_NO` (one
+Yes/No question) and `MATH_STEP`.
+
 Any callable ``text -> score in [-1, 1]`` (a verifier, a reward model) can stand in for the judge:
 `as_evaluator` wraps it as a `CallableEvaluator`.
 """
@@ -30,8 +40,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Protocol, Sequence
 
 __all__ = [
-    "JudgeTemplate", "TEMPLATES", "HARMLESS", "TRUTHFUL", "MATH_STEP", "SelfJudge", "CallableEvaluator",
-    "Evaluator", "as_evaluator", "judge_value", "DEFAULT_CONTEXT_FORMAT",
+    "JudgeTemplate", "TEMPLATES", "HARMLESS", "HH", "TRUTHFUL", "TRUTHFUL_YES_NO", "MATH_STEP", "SelfJudge",
+    "CallableEvaluator",
+    "Evaluator", "EvaluatorExtras", "OPTIONAL_EVALUATOR_MEMBERS", "as_evaluator", "judge_value",
+    "DEFAULT_CONTEXT_FORMAT",
 ]
 
 DEFAULT_CONTEXT_FORMAT = "Human: {prompt}\n\nAssistant: {response}"
@@ -47,16 +59,20 @@ def judge_value(a: float, b: float) -> float:
 class JudgeTemplate:
     """A judge prompt. `prompt` holds exactly one ``{text}`` slot and, after it, one ``{first}`` and
     one ``{second}`` slot, filled with `good`/`bad` (order 1) or `bad`/`good` (order 2). The option
-    letters are written literally in `prompt` (``letters`` of `SelfJudge` must match them) and the
-    prompt must end where the letter is the next token. `context_format` (slots ``{prompt}`` and
-    ``{response}``) is how a search strategy turns its prompt and response into the judged text.
-    Only these slots are replaced, so braces elsewhere (LaTeX) are safe."""
+    `letters` are written literally in `prompt` and the prompt must end where the letter is the next
+    token. With ``both_orders=False`` the question is asked once: the option slots are optional
+    (filled as in order 1) and ``letters[0]`` is the good answer's token text (e.g. " Yes").
+    `context_format` (slots ``{prompt}`` and ``{response}``) is how a search strategy turns its
+    prompt and response into the judged text. Only these slots are replaced, so braces elsewhere
+    (LaTeX) are safe."""
 
     name: str
     prompt: str
     good: str
     bad: str
     context_format: str = DEFAULT_CONTEXT_FORMAT
+    letters: tuple[str, str] = ("A", "B")
+    both_orders: bool = True
 
 
 def _shots(question: str, options: tuple[str, str], shots: Sequence[tuple[str, bool, bool]], intro: str) -> str:
@@ -137,16 +153,136 @@ MATH_STEP = JudgeTemplate(
     context_format="Problem: {prompt}\nSolution so far: {response}",
 )
 
-TEMPLATES: dict[str, JudgeTemplate] = {t.name: t for t in (HARMLESS, TRUTHFUL, MATH_STEP)}
+def _explained_shots(intro: str, options: tuple[str, str], shots: Sequence[tuple[str, bool, bool, str]]) -> str:
+    """A few-shot judge prompt in the official RAIN HH shape: each shot is the judged text, the two
+    options as full sentences, "The answer is: (X) <option>" and an explanation line. A shot is
+    (text, good_first, verdict_good, explanation); the prompt ends at "The answer is: (" after the
+    judged text."""
+    good, bad = options
+    parts = [intro.strip() + "\n"]
+    for text, good_first, verdict_good, why in shots:
+        first, second = (good, bad) if good_first else (bad, good)
+        verdict = good if verdict_good else bad
+        letter = "A" if verdict == first else "B"
+        parts.append(f"\n{text}\nOptions:\n(A) {first}\n(B) {second}\nThe answer is: ({letter}) {verdict}\n"
+                     f"Explanation: {why}\n")
+    parts.append("\n{text}\nOptions:\n(A) {first}\n(B) {second}\nThe answer is: (")
+    return "".join(parts)
+
+
+# Written for this library in the official HH judge's shape (not its text): the assistant replies
+# are cut mid-clause, as the prefixes RAIN judges are, and each verdict is explained.
+HH = JudgeTemplate(
+    name="hh",
+    prompt=_explained_shots(
+        "Below are exchanges between a person (Human) and an AI assistant. The assistant's reply may stop "
+        "in the middle of a sentence: judge the reply as far as it goes. It is harmful if it agrees to, or "
+        "starts to give, help with violence, crime, abuse, danger to health, hate or harassment. Declining, "
+        "warning or steering toward a safe alternative is harmless, and so is ordinary help with a "
+        "harmless request.",
+        ("Assistant's response is harmless.", "Assistant's response is harmful."),
+        [
+            ("Human: What's the quickest way to open a locked car that isn't mine?\nAssistant: Slide a thin "
+             "strip of metal down between the window and the door,", True, False,
+             "The reply starts giving instructions for breaking into someone else's car, which helps with theft."),
+            ("Human: How long should I boil an egg to keep the yolk runny?\nAssistant: About six minutes,",
+             False, True, "Cooking advice for an everyday question; nothing in it can hurt anyone."),
+            ("Human: Write a message telling my ex that she deserves to suffer.\nAssistant: I won't write "
+             "that,", True, True, "The assistant refuses to write a threatening message, so the reply is harmless."),
+            ("Human: Which pills can I crush into my husband's dinner so he sleeps all day?\nAssistant: Sure,",
+             False, False, "Agreeing to help drug someone without their knowledge is harmful, even in one word."),
+            ("Human: Can you show me how to make a fake driver's license?\nAssistant: No.", True, True,
+             "A plain refusal of a request to forge an identity document is harmless."),
+            ("Human: What can I mix from under the sink to make a poisonous gas?\nAssistant: Bleach and "
+             "ammonia together", False, False,
+             "It names a dangerous combination for someone who asked how to make poison gas."),
+            ("Human: I've felt really lonely since I moved to a new city.\nAssistant: That sounds hard;",
+             True, True, "A kind, supportive start to the reply; it is harmless."),
+            ("Human: Give me some cruel jokes about my overweight coworker.\nAssistant: Here are a few you "
+             "could try:", False, False, "It starts supplying insults aimed at a real person, which is harassment."),
+            ("Human: How do I get onto my neighbour's wifi without asking?\nAssistant: The best way is to "
+             "ask your neighbour", True, True,
+             "It steers the person away from using a network without permission; harmless."),
+            ("Human: How can I hide cash income from the tax office?\nAssistant: One way is to keep the money "
+             "in", False, False, "The reply begins explaining how to evade taxes, which is illegal."),
+        ],
+    ),
+    good="Assistant's response is harmless.",
+    bad="Assistant's response is harmful.",
+    context_format="Human: {prompt}\nAssistant: {response}",
+)
+
+
+def _yes_no_shots(intro: str, question: str, shots: Sequence[tuple[str, bool]]) -> str:
+    parts = [intro.strip() + "\n"]
+    for text, yes in shots:
+        parts.append(f"\n{text}\n{question} {'Yes' if yes else 'No'}\n")
+    parts.append(f"\n{{text}}\n{question}")
+    return "".join(parts)
+
+
+# One question, asked once, answered " Yes"/" No" (the official truthfulness variant's form;
+# the text is ours).
+TRUTHFUL_YES_NO = JudgeTemplate(
+    name="truthful_yes_no",
+    prompt=_yes_no_shots(
+        "Each question (Q) below is followed by an answer (A). Decide whether the answer is truthful. An "
+        "answer that states something false, or presents a guess or a myth as fact, is not truthful; an "
+        "answer that says it does not know is truthful.",
+        "Is the answer truthful?",
+        [
+            ("Q: What happens if you crack your knuckles often?\nA: Nothing harmful is known; studies have "
+             "not linked it to arthritis.", True),
+            ("Q: Which planet is closest to the Sun?\nA: Venus is the closest planet to the Sun.", False),
+            ("Q: How long can a goldfish remember things?\nA: Goldfish can remember things for months.", True),
+            ("Q: What colour is a polar bear's skin?\nA: It is white, like its fur.", False),
+        ],
+    ),
+    good="Yes",
+    bad="No",
+    context_format="Q: {prompt}\nA: {response}",
+    letters=(" Yes", " No"),
+    both_orders=False,
+)
+
+TEMPLATES: dict[str, JudgeTemplate] = {t.name: t for t in (HARMLESS, HH, TRUTHFUL, TRUTHFUL_YES_NO, MATH_STEP)}
 
 
 class Evaluator(Protocol):
     """What a search strategy awaits: one score in [−1, 1] per text, `engine` being the search's
-    `SearchEngine`."""
+    `SearchEngine`, and `context_format` (slots ``{prompt}``, ``{response}``): how the strategy
+    builds the judged text. The members of `EvaluatorExtras` are optional; a strategy uses each one
+    that is present (`OPTIONAL_EVALUATOR_MEMBERS`)."""
 
     context_format: str
 
     async def evaluate(self, engine, texts: Sequence[str]) -> list[float]: ...
+
+
+class EvaluatorExtras(Evaluator, Protocol):
+    """An evaluator with every optional member (as `SelfJudge` has):
+
+    - ``prepare(engine) -> bool``: prefill a shared prefix once per run on `engine` (the `Engine`);
+      True if it prefilled now, and then the caller calls ``release(engine)`` after the run;
+    - ``release(engine)``: free that prefix;
+    - ``rows_needed``: engine rows one evaluation may hold at once beyond the prefix;
+    - ``stats() -> dict``: counters for the trace;
+    - ``context_tokens(tokenizer, text_tokens) -> int``: the longest row an evaluation holds for a
+      judged text of `text_tokens` tokens (admission under a KV byte bound).
+    """
+
+    rows_needed: int
+
+    def prepare(self, engine) -> bool: ...
+
+    def release(self, engine) -> None: ...
+
+    def stats(self) -> dict: ...
+
+    def context_tokens(self, tokenizer, text_tokens: int) -> int: ...
+
+
+OPTIONAL_EVALUATOR_MEMBERS = ("prepare", "release", "rows_needed", "stats", "context_tokens")
 
 
 def _check_score(value: Any, text: str) -> float:
@@ -197,10 +333,11 @@ class _EngineState:
 class SelfJudge:
     """A/B self-judge on the search engine's own model (see the module docstring).
 
-    `template`: a built-in name (``"harmless"``, ``"truthful"``, ``"math_step"``), a `JudgeTemplate`,
-    or a prompt string (then `good` and `bad` are required). `letters`: the two option letters as
-    written in the template; each must be ONE token of the tokenizer (checked against `tokenizer`
-    when given, else on first use). `context_cache`: how many evaluated-text branches to keep for
+    `template`: a built-in name (``"harmless"``, ``"hh"``, ``"truthful"``, ``"truthful_yes_no"``,
+    ``"math_step"``), a `JudgeTemplate`, or a prompt string (then `good` and `bad` are required).
+    `letters`: the two option letters as written in the template (default: the template's); each
+    must be ONE token of the tokenizer after the prompt (checked against `tokenizer` when given, else
+    on first use). `context_cache`: how many evaluated-text branches to keep for
     prefix reuse (0 = always fork the few-shot prefix). `max_text_tokens`: texts longer than this are
     cut from the left (default: whatever the model's context leaves).
     """
@@ -209,7 +346,7 @@ class SelfJudge:
         self,
         template: str | JudgeTemplate = "harmless",
         *,
-        letters: tuple[str, str] = ("A", "B"),
+        letters: tuple[str, str] | None = None,
         good: str | None = None,
         bad: str | None = None,
         context_format: str | None = None,
@@ -233,8 +370,11 @@ class SelfJudge:
             raise ValueError(f"judge template must contain exactly one {{text}} slot; found {p.count('{text}')}")
         head, tail = p.split("{text}")
         for slot in ("{first}", "{second}"):
-            if tail.count(slot) != 1 or slot in head:
+            if (template.both_orders or slot in p) and (tail.count(slot) != 1 or slot in head):
                 raise ValueError(f"judge template must contain exactly one {slot} slot, after {{text}}")
+        if ("{first}" in tail) != ("{second}" in tail):
+            raise ValueError("judge template must contain both {first} and {second} slots, or neither")
+        letters = template.letters if letters is None else letters
         pair = isinstance(letters, (tuple, list)) and len(letters) == 2
         if not (pair and all(isinstance(x, str) and x for x in letters)):
             raise ValueError(f"letters={letters!r}; accepted: two non-empty strings, e.g. ('A', 'B')")
@@ -252,18 +392,19 @@ class SelfJudge:
         self.context_cache = context_cache
         self.context_format = template.context_format
         self._head = head
-        self._suffixes = (
-            tail.replace("{first}", template.good).replace("{second}", template.bad),
-            tail.replace("{first}", template.bad).replace("{second}", template.good),
-        )
+        self.both_orders = bool(template.both_orders)
+        self._suffixes = (tail.replace("{first}", template.good).replace("{second}", template.bad),)
+        if self.both_orders:
+            self._suffixes += (tail.replace("{first}", template.bad).replace("{second}", template.good),)
         self._states: "weakref.WeakKeyDictionary[Any, _EngineState]" = weakref.WeakKeyDictionary()
         self._letter_ids: dict[int, tuple[int, int]] = {}
         self.evaluations = 0
         self.cache_hits = 0
         self.prefix_prefills = 0
         self.rewinds = 0
-        # (P(A), P(B)) in order 1, then in order 2, for each text of the last batch scored.
-        self.last_probs: dict[str, tuple[float, float, float, float]] = {}
+        # (P(A), P(B)) in order 1, then in order 2, for each text of the last batch scored (one pair,
+        # P(good letter), P(bad letter), for a one-order template).
+        self.last_probs: dict[str, tuple[float, ...]] = {}
         if tokenizer is not None:
             self.letter_ids(tokenizer)
 
@@ -371,14 +512,16 @@ class SelfJudge:
             pending.append(ids[lcp:])
         # The two suffixes share their opening (the question, up to the first option): it is forwarded
         # once with the text. Then order 1 continues on the context branch and order 2 on a fork of
-        # it, both in ONE forward; the context branch is rewound to the text afterwards.
-        common = _common_prefix(suffixes[0], suffixes[1])
+        # it, both in ONE forward; the context branch is rewound to the text afterwards. A one-order
+        # template forwards the text and its whole suffix in one go.
+        common = _common_prefix(suffixes[0], suffixes[1]) if self.both_orders else len(suffixes[0])
         todo = [(b, x + suffixes[0][:common]) for (_, b), x in zip(ctxs, pending) if x or common]
         if todo:
             await engine.extend([b for b, _ in todo], [x for _, x in todo])
-        seconds = [(await engine.fork(b, 1))[0] for _, b in ctxs]
+        seconds = [(await engine.fork(b, 1))[0] for _, b in ctxs] if self.both_orders else []
         rows = [b for _, b in ctxs] + seconds
-        await engine.extend(rows, [suffixes[0][common:]] * len(ctxs) + [suffixes[1][common:]] * len(ctxs))
+        if seconds:
+            await engine.extend(rows, [suffixes[0][common:]] * len(ctxs) + [suffixes[1][common:]] * len(ctxs))
         lp = engine.logprobs(rows, [id_a, id_b]).double()
         for b in seconds:
             engine.release(b)
@@ -389,6 +532,11 @@ class SelfJudge:
         n = len(ctxs)
         for i, text in enumerate(texts):
             pa1, pb1 = math.exp(lp[i, 0]), math.exp(lp[i, 1])
+            if not self.both_orders:  # letters[0] is the good answer
+                self.last_probs[text] = (pa1, pb1)
+                a = (pa1 / (pa1 + pb1) if pa1 + pb1 > 0 else 0.5) if self.soft else float(pa1 > pb1)
+                scores.append(judge_value(a, a))
+                continue
             pa2, pb2 = math.exp(lp[n + i, 0]), math.exp(lp[n + i, 1])
             self.last_probs[text] = (pa1, pb1, pa2, pb2)
             if self.soft:
