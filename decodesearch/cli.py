@@ -69,7 +69,7 @@ STRATEGY_FLAGS = {
     "trigger_preset": str, "schedule": str, "align": str, "align_max_tokens": int,
     "beam_width": int, "scorer": str, "delimiter": str, "final": str,
     "min_thinking_tokens": int, "max_thinking_tokens": int, "num_ignore": int, "ignore": str,
-    "max_answer_tokens": int,
+    "max_answer_tokens": int, "preset": str,
 }
 
 
