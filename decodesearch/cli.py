@@ -130,6 +130,9 @@ def check_model_source(name: str) -> None:
     text = str(name)
     if text.strip().lower() in REGISTRY or os.path.exists(text) or "/" not in text:
         return
+    if text.startswith(("/", "./", "../", "~")) or text.count("/") > 1 or os.sep != "/" and os.sep in text:
+        raise FileNotFoundError(f"--model {text!r}: no such folder (and not a registry name or an 'owner/name' "
+                                f"hub id; registry names: {', '.join(REGISTRY)})")
     reason = _hub_unreachable()
     if reason is None:
         return
@@ -290,9 +293,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     check_rows(strategy, args.max_rows)
     problems = load_dataset(args.dataset, data_dir=args.data_dir, limit=args.limit, seed=args.seed, kind=args.kind)
     config = bench_config(args, problems)
-    state = PartialState()
+    state = PartialState(cpu=_cpu_processes(args))
     check_out(args.out, config, rank=state.process_index, world_size=state.num_processes)
-    device = args.device if state.num_processes == 1 else str(state.device)
+    device = args.device if state.num_processes == 1 else "cpu" if state.device.type == "cpu" else str(state.device)
     try:
         model, tokenizer = load(args, device)
         engine = Engine(model, tokenizer, max_rows=args.max_rows)
@@ -316,6 +319,27 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         if args.plot:
             print(f"wrote {plot([args.out], args.plot)}")
     return 0
+
+
+def _cpu_processes(args: argparse.Namespace) -> bool:
+    """Whether this (possibly multi-process) bench runs its ranks on CPUs: --device cpu, or several
+    processes (torchrun / `accelerate launch --multi_gpu`) on a machine without CUDA. Refuses
+    `accelerate launch --cpu --num_processes N` (N > 1), which starts only one process."""
+    import os
+
+    import torch
+
+    world = os.environ.get("WORLD_SIZE")
+    use_cpu = os.environ.get("ACCELERATE_USE_CPU", "").strip().lower() in ("1", "true", "yes")
+    if world is None and os.environ.get("MASTER_ADDR") and "ACCELERATE_MIXED_PRECISION" in os.environ:
+        # accelerate's simple launcher (--cpu, or fewer than 2 GPUs) with --num_processes N > 1: one process
+        raise RuntimeError(
+            "`accelerate launch --num_processes N` started a single process here (with --cpu, or without "
+            "several GPUs, accelerate runs one process unless MPI is set up); run `accelerate launch --multi_gpu "
+            "--num_processes N -m decodesearch bench ...` (on a machine without CUDA its processes run on the "
+            "CPU) or `torchrun --nproc_per_node N -m decodesearch bench ...`")
+    several = world is not None and world.isdigit() and int(world) > 1
+    return args.device == "cpu" or use_cpu or (several and not torch.cuda.is_available())
 
 
 def _args_compare(parser: argparse.ArgumentParser) -> None:

@@ -58,24 +58,57 @@ def test_sharded_ranks_and_merge(engine, tmp_path):
         assert run_bench(engine, strat, problems, str(out), config(), rank=rank, world_size=2, progress=False) == 0
 
 
-def test_accelerate_launch_two_cpu_processes(tiny_dir, tmp_path):
-    """`accelerate launch -m decodesearch bench` shards problems over 2 CPU processes; rank 0 merges."""
+def _launch(tiny_dir, out, limit, max_tokens, *extra, popen=False):
+    """The README's command: `accelerate launch --multi_gpu --num_processes 2 -m decodesearch bench ...`
+    (the console script, no shim); on a machine without CUDA its two processes run on the CPU."""
     import os
     import subprocess
     import sys
+    from pathlib import Path
 
-    out = tmp_path / "run.jsonl"
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "-m", "decodesearch", "bench", "--model", tiny_dir, "--dataset", "arith", "--limit", "5",
-           "--strategy", "sampling", "--n", "2", "--max-tokens", "4", "--out", str(out), "--quiet"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    accelerate = Path(sys.executable).with_name("accelerate")
+    cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "-m", "decodesearch", "bench",
+           "--model", tiny_dir, "--dataset", "arith", "--limit", str(limit), "--strategy", "greedy",
+           "--max-tokens", str(max_tokens), "--device", "cpu", "--out", str(out), *extra]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
+    if popen:
+        return subprocess.Popen(cmd, env=env, cwd=out.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=out.parent)
+
+
+def test_accelerate_launch_two_cpu_processes(tiny_dir, tmp_path):
+    """Two real CPU ranks each write their shard; rank 1 is killed mid-run; rerunning the same command
+    resumes both (rank-labelled progress, rank 1's saved records kept, not solved again) and rank 0
+    merges every problem once."""
+    import os
+    import signal
+    import time
+
+    import psutil
+
+    out = tmp_path / "killed.jsonl"
+    launcher = _launch(tiny_dir, out, 16, 64, "--concurrency", "1", popen=True)
+    shard1 = shard_path(out, 1)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (shard1.exists() and shard1.read_text().count("\n") >= 2):
+        time.sleep(0.02)
+    ranks = [c for c in psutil.Process(launcher.pid).children(recursive=True)
+             if "decodesearch" in " ".join(c.cmdline()) and c.environ().get("RANK") == "1"]
+    assert ranks, "rank 1 not found"
+    os.kill(ranks[0].pid, signal.SIGKILL)
+    _, killed_err = launcher.communicate(timeout=120)
+    assert launcher.returncode != 0
+    kept = {r["id"]: r for r in read_results(shard1)[1]}
+    assert kept and len(kept) < 8
+    proc = _launch(tiny_dir, out, 16, 64, "--concurrency", "1")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    ids = [r["id"] for r in read_results(out)[1]]
-    assert ids == [p.id for p in load_dataset("arith", limit=5)]
-    assert not shard_path(out, 0).exists() and not shard_path(out, 1).exists()
-    assert "accuracy" in proc.stdout
+    assert "rank 0 [" in killed_err + proc.stderr and "rank 1 [" in killed_err + proc.stderr  # both ranks ran
+    assert not shard_path(out, 0).exists() and not shard_path(out, 1).exists()  # merged by rank 0
+    assert proc.stdout.count("accuracy") == 1  # one summary, from rank 0
+    merged = read_results(out)[1]
+    assert sorted(r["id"] for r in merged) == sorted(p.id for p in load_dataset("arith", limit=16))
+    assert all(r == kept[r["id"]] for r in merged if r["id"] in kept)  # resumed, not solved again
 
 
 class _FailsOnce(Sampling):
