@@ -82,3 +82,7 @@ def test_scheduler_route_reuses_the_shared_prefix(tiny_llama):
     assert [r.token_ids for r in got] == [r.token_ids for r in want]
     assert cached.stats.tokens_reused >= 3 * 60  # problems 2-4 reuse the instruction
     assert sum(r.tokens_forwarded for r in got) + cached.stats.tokens_reused == sum(r.tokens_forwarded for r in want)
+    # All four in flight at once: the first prompt is prefilled, the others wait one step and reuse it.
+    together = Engine(model, tok)
+    assert [r.token_ids for r in strat.run(together, problems)] == [r.token_ids for r in want]
+    assert together.stats.tokens_reused >= 3 * 60

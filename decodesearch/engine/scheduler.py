@@ -31,6 +31,7 @@ from typing import Any, Awaitable, Callable, Iterable, Iterator, Sequence
 import torch
 
 from decodesearch.engine.engine import Branch, CapacityError, Decoded, DecodeRow, Engine
+from decodesearch.engine.prefix_cache import common_prefix
 from decodesearch.engine.sampling import GREEDY, Sampler, Stop
 
 
@@ -185,12 +186,14 @@ class Scheduler:
         self.engine = engine
         self.concurrency = concurrency or 1 << 30
         self.in_flight = 0
+        self._tasks: list[_Task] = []
 
     def run(self, jobs: Iterable[Job]) -> Iterator[Finished]:
         """Yield a `Finished` for every job, in the order they finish."""
         engine = self.engine
         queue = deque(enumerate(jobs))
         tasks: list[_Task] = []
+        self._tasks = tasks
         try:
             while queue or tasks:
                 while queue and len(tasks) < self.concurrency:
@@ -289,6 +292,8 @@ class Scheduler:
         req = t.waiting
         if self.engine.free_rows < req.n:
             return
+        if req.branch is None and self._waits_for_prefix(req.ids):
+            return
         try:
             if req.branch is None:
                 [b], [rest] = self.engine._new_roots([req.ids], None if req.seed is None else [req.seed])
@@ -303,6 +308,21 @@ class Scheduler:
         except Exception as err:
             t.throw = err
         t.waiting, t.ready = None, True
+
+    def _waits_for_prefix(self, ids: list[int]) -> bool:
+        """Whether a new prompt should wait one step: a root being prefilled in this step shares a
+        longer prefix with it than the prefix cache holds (after that step the cache has it)."""
+        cache = self.engine.prefix_cache
+        if not cache.capacity:
+            return False
+        have = cache.match_prefix(ids[:-1])[1]
+        for t in self._tasks:
+            w = t.waiting
+            if isinstance(w, _Forward) and isinstance(w.result, Branch):
+                n = common_prefix(w.result.tokens + w.ids[0], ids[:-1])
+                if n >= cache.min_tokens and n > have:
+                    return True
+        return False
 
     def _step(self, tasks: list[_Task]) -> bool:
         """One shared step: sample every decoding row, forward every pending token. False if there
