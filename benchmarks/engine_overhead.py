@@ -1,4 +1,4 @@
-"""Engine overhead, measured side by side in one run (issue 3). Not a test.
+"""Engine overhead, measured side by side in one run. Not a test.
 
 A. Plain sampling: n samples of `--new` tokens from one prompt through the engine vs
    `model.generate(num_return_sequences=n)`, same model, dtype and sampler; runs alternate.

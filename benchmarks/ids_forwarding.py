@@ -1,4 +1,4 @@
-"""IDS: tokens forwarded by the engine vs a re-encode-from-scratch run of the same schedule (issue 5).
+"""IDS: tokens forwarded by the engine vs a re-encode-from-scratch run of the same schedule.
 
 The same `IDS` strategy runs on one MATH-500 problem on `Engine` (one prefill, forked samples,
 triggers teacher-forced with `extend`) and on `ReencodeEngine(miss_on_extend=True)` (each sample

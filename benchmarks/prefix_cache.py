@@ -1,4 +1,4 @@
-"""Prefix cache: an 8-shot prompt over many problems, with the cache vs without (issue 14, item 1).
+"""Prefix cache: an 8-shot prompt over many problems, with the cache vs without.
 
 The few-shot block is `--shots` worked MATH-500 level-1 problems (problem, solution) as the system
 prompt, so every problem's prompt starts with the same >= 800 tokens; the problems are the next

@@ -1,4 +1,4 @@
-"""Step-level beam search: the engine (kept beams forked at the step boundary) vs re-encoding (issue 16).
+"""Step-level beam search: the engine (kept beams forked at the step boundary) vs re-encoding.
 
 The same `BeamSearch` (log-prob step scorer, so no judge forwards blur the comparison) runs on one
 MATH-500 problem on `Engine` and on `ReencodeEngine` (batch 1, every fork a cache miss that

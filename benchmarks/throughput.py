@@ -1,4 +1,4 @@
-"""Throughput on a whole benchmark: many searches on one engine vs HF `generate` (issue 11).
+"""Throughput on a whole benchmark: many searches on one engine vs HF `generate`.
 
 The first `--problems` MATH-500 problems of `--level` (from ../shared/data/math500.jsonl), one
 prompt encoding for every route (the strategies' default chat format), `--max-tokens` new tokens,

@@ -1,4 +1,4 @@
-"""GPU hot spots of the engine (DESIGN.md §3), each a Triton kernel beside a torch reference.
+"""GPU hot spots of the engine (docs/design.md §5), each a Triton kernel beside a torch reference.
 
 Public entry points pick the backend per call (see :mod:`.dispatch`): ``kv_copy`` (fork: copy
 rows of every layer's K and V in one launch), ``kv_gather`` (compact: left-pack rows in place) and

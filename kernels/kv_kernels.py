@@ -1,6 +1,6 @@
 """Batched KV row copy (the engine's ``fork``) and in-place row compaction (``compact``).
 
-Layout (DESIGN.md §2): every KV tensor is 4-D ``[rows, kv_heads, capacity_cols, head_dim]``. All
+Layout (docs/design.md §2, the store): every KV tensor is 4-D ``[rows, kv_heads, capacity_cols, head_dim]``. All
 tensors of one call live on one device, share ``rows`` and ``dtype``; ``kv_heads``, ``capacity_cols``,
 ``head_dim`` and strides may differ from tensor to tensor (K and V of one layer included). Tensors
 must not alias one another.

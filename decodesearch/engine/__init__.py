@@ -1,4 +1,4 @@
-"""The branching decode engine (DESIGN §2)."""
+"""The branching decode engine (docs/design.md §2)."""
 
 from decodesearch.engine.engine import Branch, CapacityError, Decoded, Engine, EngineStats, derive_seed
 from decodesearch.engine.reencode import ReencodeEngine

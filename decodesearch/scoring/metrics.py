@@ -130,7 +130,7 @@ class SelfCorrectionStats:
 
     acc1: accuracy before the correction step; acc2: accuracy after; cl: P(correct after |
     correct before) (confidence level); cs: P(correct after | wrong before) (critique score);
-    rss: (acc2 - acc1^2) / (2 acc1 (1 - acc1)) as in DESIGN.md §5; n_questions / n_pairs:
+    rss: (acc2 - acc1^2) / (2 acc1 (1 - acc1)) (relative self-correction score); n_questions / n_pairs:
     questions with at least one pair, and pairs, that entered the estimate.
     """
 

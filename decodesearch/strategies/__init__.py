@@ -1,4 +1,4 @@
-"""Search strategies (DESIGN §4), one file each, all on the engine; `make_strategy` by name."""
+"""Search strategies (docs/design.md §4), one file each, all on the engine; `make_strategy` by name."""
 
 from decodesearch.strategies.base import PromptFormat, Sample, SearchResult, Strategy
 from decodesearch.strategies.beam_search import BeamSearch
