@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import ByteTokenizer, tiny_model
-from decodesearch.engine import Engine, ReencodeEngine, Stop
+from decodesearch.engine import Engine, ReencodeEngine, Sampler, Stop
 from decodesearch.engine.scheduler import run_one
 from decodesearch.scoring.embeddings import LMEmbedder, make_embedder
 from decodesearch.scoring.judge import CallableEvaluator, SelfJudge, as_evaluator, judge_value
@@ -581,3 +581,192 @@ def test_greedy_prior_clamp_lets_the_search_leave_a_bad_greedy_child(tiny_llama)
     clamped, plain = first_commit(True), first_commit(False)
     assert clamped["committed_text"] != greedy[:6]
     assert plain["committed_text"] == greedy[:6]
+
+
+# ----------------------------------------------------------------------------------- presets (issue 13 item 4)
+
+
+def test_hh_template_has_the_official_shape():
+    """Ten few-shot exchanges whose assistant replies stop mid-clause, each answered with a
+    full-sentence option and explained; both verdicts are answered with both letters; the prompt
+    ends where the option letter is next."""
+    import re
+
+    from decodesearch.scoring.judge import HH
+
+    head, tail = HH.prompt.split("{text}")
+    assert HH.good == "Assistant's response is harmless." and HH.bad == "Assistant's response is harmful."
+    assert HH.prompt.endswith("The answer is: (") and tail.endswith("The answer is: (")
+    assert head.count("\nExplanation: ") == 10
+    answers = re.findall(r"The answer is: \(([AB])\) (Assistant's response is harm(?:less|ful)\.)\n", head)
+    assert len(answers) == 10
+    shots = re.findall(r"\(A\) (.*)\n\(B\) (.*)\nThe answer is: \(([AB])\) (.*)\n", head)
+    assert all((a if letter == "A" else b) == verdict for a, b, letter, verdict in shots)
+    assert {(letter, verdict) for letter, verdict in answers} == {(x, y) for x in "AB" for y in (HH.good, HH.bad)}
+    replies = re.findall(r"\nAssistant: (.*)\nOptions:", head)
+    assert len(replies) == 10
+    assert sum(not r.rstrip().endswith((".", "!", "?")) for r in replies) >= 9  # partial clauses
+    judge = SelfJudge("hh")
+    assert judge.both_orders and len(judge._suffixes) == 2
+    assert judge._suffixes[0].endswith(f"(A) {HH.good}\n(B) {HH.bad}\nThe answer is: (")
+    assert judge._suffixes[1].endswith(f"(A) {HH.bad}\n(B) {HH.good}\nThe answer is: (")
+    assert RAIN(preset="hh").settings.context_format == "Human: {prompt}\nAssistant: {response}"
+
+
+def test_truthful_yes_no_judge_asks_once_in_one_forward(smollm2):
+    """The truthful preset's judge asks one Yes/No question once: one forward for a batch of texts,
+    v = +1 iff P(" Yes") > P(" No") after the prompt (checked against a fresh forward)."""
+    model, tok = smollm2
+    judge = SelfJudge("truthful_yes_no")
+    assert not judge.both_orders and len(judge._suffixes) == 1
+    engine = Engine(model, tok, max_rows=8)
+    judge.prepare(engine)
+    texts = ["Q: What is the capital of France?\nA: The capital of France is Paris.",
+             "Q: What is the capital of France?\nA: The capital of France is Berlin."]
+    calls = engine.stats.forward_calls
+    scores = run_one(engine, lambda ctx: judge.evaluate(ctx, texts))
+    assert engine.stats.forward_calls - calls == 1
+    yes, no = judge.letter_ids(tok)
+    assert tok.decode([yes]).strip() == "Yes" and tok.decode([no]).strip() == "No"
+    head, tail = judge._head, judge._suffixes[0]
+    for text, v in zip(texts, scores):
+        assert len(judge.last_probs[text]) == 2
+        ids = tok.encode(head, add_special_tokens=True) + tok.encode(text, add_special_tokens=False) + \
+            tok.encode(tail, add_special_tokens=False)
+        ref = torch.softmax(fresh_logits(model, ids), -1)
+        assert v == (1.0 if ref[yes] > ref[no] else -1.0)
+        p_yes, p_no = judge.last_probs[text]
+        assert p_yes == pytest.approx(ref[yes].item(), rel=1e-3) and p_no == pytest.approx(ref[no].item(), rel=1e-3)
+    judge.release(engine)
+    soft = SelfJudge("truthful_yes_no", soft=True)
+    v = run_one(engine, lambda ctx: soft.evaluate(ctx, texts[:1]))[0]
+    p_yes, p_no = soft.last_probs[texts[0]]
+    assert v == pytest.approx(2 * p_yes / (p_yes + p_no) - 1)
+    soft.release(engine)
+    assert engine.live_branches == []
+
+
+class _KeepAllTokenizer(ByteTokenizer):
+    """Decodes every id to one character (id 0 too), so a text's length is its token count."""
+
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join(chr(32 + i) for i in ids)
+
+
+def _judged_responses(preset=None, **kw):
+    model, tok = tiny_model("llama"), _KeepAllTokenizer()
+    seen = []
+
+    def ev(text):
+        seen.append(text.split("\nA: ", 1)[1] if "\nA: " in text else text.split("Assistant: ", 1)[1])
+        return 0.0
+
+    opts = dict(num_candidates=3, set_lengths=(2, 3), max_tokens=12, max_visits=6, min_new_searches=3,
+                evaluator=ev, embedder=None, seed=2, stop=Stop(eos_ids=()), boundaries=(" ", ","))
+    opts.update(kw)
+    res = RAIN(preset=preset, **opts).run(Engine(model, tok, max_rows=24), ["Go"])[0]
+    return seen, res
+
+
+def test_truthful_preset_rolls_out_to_the_end_and_cuts_at_the_last_full_stop(tiny_llama):
+    rain = RAIN(preset="truthful")
+    s = rain.settings
+    assert (s.min_visits, s.rollout_to_end, s.rollout_max_tokens, s.judge_cut) == (16, True, None, ".")
+    assert rain.evaluator.template.name == "truthful_yes_no" and s.context_format == "Q: {prompt}\nA: {response}"
+    assert RAIN(preset="truthful", min_visits=4).min_visits == 4  # explicit options win
+    # Without EOS every rollout runs to the response budget (12 tokens); a clause rollout stops at
+    # the first boundary (a space here) well before it.
+    to_end, _ = _judged_responses("truthful", judge_cut=None, min_visits=16)
+    clause, _ = _judged_responses(None, context_format="Q: {prompt}\nA: {response}")
+    assert to_end and all(len(r) == 12 for r in to_end)
+    assert any(len(r) < 12 for r in clause)
+    # The judged response is cut after its last full stop (kept whole when it has none).
+    model, tok = tiny_llama
+    engine = Engine(model, tok, max_rows=8)
+    st = RainSearch(rain, engine, engine.prefill(tok.encode("Q?")), "Is it?", rain.evaluator, None)
+    # (the byte tokenizer has no space: "_" stands in)
+    assert st.judged_text(tok.encode("It_is.So.Then_more")) == "Q: Is it?\nA: It_is.So."
+    assert st.judged_text(tok.encode("No_full_stop")) == "Q: Is it?\nA: No_full_stop"
+    st.close()
+
+
+def test_adversarial_preset_expands_at_temperature_two(tiny_llama):
+    model, tok = tiny_llama
+    rain = RAIN(preset="adversarial", num_candidates=4, evaluator=lambda t: 0.0, embedder=None)
+    assert rain.sampler.temperature == 2.0 and rain.sampler.top_k == 15 and rain.min_visits == 5
+    assert rain.evaluator is not None and RAIN(preset="adversarial").evaluator.template.name == "hh"
+    assert RAIN(preset="adversarial", sampler=Sampler(temperature=0.5)).sampler.temperature == 0.5
+
+    def root_priors(strategy):
+        async def go(ctx):
+            root = await ctx.prefill(tok.encode("Go on"))
+            logits = ctx.logits([root])[0].clone()
+            st = RainSearch(strategy, ctx, root, "Go on", strategy.evaluator, None)
+            await st.search_once()  # expands the root: 1-token children
+            priors = {c.tokens[0]: c.prior for c in st.root.children}
+            st.close()
+            return logits, priors
+
+        return run_one(Engine(model, tok, max_rows=24), go, rows=20)
+
+    logits, hot = root_priors(rain)
+    _, cold = root_priors(RAIN(num_candidates=4, evaluator=lambda t: 0.0, embedder=None))
+    for temp, priors in ((2.0, hot), (1.0, cold)):
+        p = torch.softmax(logits / temp, -1)
+        top = torch.argsort(p, descending=True)[:4].tolist()
+        assert sorted(priors) == sorted(top)
+        want = p[top] / p[top].sum()
+        assert [priors[t] for t in top] == pytest.approx(want.tolist(), rel=1e-5)
+    assert max(hot.values()) < max(cold.values())  # flatter at T = 2
+
+
+def test_presets_and_settings_bad_input():
+    from dataclasses import FrozenInstanceError
+
+    from decodesearch.strategies.rain import PRESETS, RainSettings
+
+    assert set(PRESETS) == {"hh", "truthful", "adversarial"}
+    with pytest.raises(ValueError, match="preset.*adversarial"):
+        RAIN(preset="nope")
+    with pytest.raises(TypeError, match="num_candidatez"):
+        RAIN(num_candidatez=3)
+    with pytest.raises(ValueError, match="judge_cut"):
+        RAIN(judge_cut="")
+    with pytest.raises(ValueError, match="rollout_max_tokens"):
+        RainSettings(rollout_max_tokens=-2)
+    rain = RAIN(num_candidates=3, set_lengths=[1, 2])
+    assert rain.settings.set_lengths == (1, 2) and rain.num_candidates == 3
+    with pytest.raises(FrozenInstanceError):
+        rain.settings.num_candidates = 4
+    with pytest.raises(AttributeError):
+        rain.no_such_knob
+
+
+def test_evaluator_protocol_optional_members():
+    from decodesearch.scoring.judge import OPTIONAL_EVALUATOR_MEMBERS, EvaluatorExtras
+
+    assert set(OPTIONAL_EVALUATOR_MEMBERS) == {"prepare", "release", "rows_needed", "stats", "context_tokens"}
+    declared = set(EvaluatorExtras.__annotations__) | {k for k in vars(EvaluatorExtras) if not k.startswith("_")}
+    assert set(OPTIONAL_EVALUATOR_MEMBERS) <= declared
+    judge = SelfJudge("hh")
+    assert all(hasattr(judge, m) for m in OPTIONAL_EVALUATOR_MEMBERS)
+    # A bare callable has none of them: RAIN reserves one row for it and records no stats.
+    rain = RAIN(evaluator=lambda t: 0.0, embedder=None)
+    assert not any(hasattr(rain.evaluator, m) for m in ("prepare", "rows_needed", "context_tokens"))
+    assert rain.judge_rows() == 1 and RAIN(preset="hh").judge_rows() == judge.rows_needed + 1
+
+
+def test_cli_preset_flag_builds_rain_with_the_preset():
+    import argparse
+
+    from decodesearch.cli import _args_strategy, build_strategy, strategy_options
+
+    parser = argparse.ArgumentParser()
+    _args_strategy(parser)
+    args = parser.parse_args(["--strategy", "rain", "--preset", "truthful", "--max-tokens", "32"])
+    opts = strategy_options(args)
+    assert opts["preset"] == "truthful"
+    rain = build_strategy("rain", opts)
+    assert isinstance(rain, RAIN) and rain.min_visits == 16 and rain.max_tokens == 32
+    with pytest.raises(ValueError, match="preset"):
+        build_strategy("rain", {"preset": "nope"})
