@@ -148,20 +148,24 @@ def test_console_script(tmp_path):
 
 
 def test_kernels_is_not_a_top_level_package(tmp_path):
-    """transformers looks for a PyPI package named `kernels`; ours must only be decodesearch.kernels."""
+    """transformers looks for a PyPI package named `kernels` (recent versions depend on it); ours must
+    only be decodesearch.kernels, never what `import kernels` finds."""
     code = (
-        "import importlib.util, sys\n"
-        "assert importlib.util.find_spec('decodesearch.kernels') is not None\n"
+        "import importlib.util, pathlib, sys\n"
+        "ours = importlib.util.find_spec('decodesearch.kernels')\n"
+        "assert ours is not None\n"
         "try:\n"
         "    import kernels\n"
         "except ModuleNotFoundError:\n"
         "    sys.exit(0)\n"
-        "print(kernels.__file__)\n"
-        "sys.exit(1)\n"
+        "if pathlib.Path(kernels.__file__).resolve() == pathlib.Path(ours.origin).resolve():\n"
+        "    print(kernels.__file__)\n"
+        "    sys.exit(1)\n"
+        "assert not hasattr(kernels, 'kv_copy'), kernels.__file__\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=_clean_env(),
                           capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, f"`import kernels` succeeded: {proc.stdout}{proc.stderr}"
+    assert proc.returncode == 0, f"`import kernels` found ours: {proc.stdout}{proc.stderr}"
 
 
 # ------------------------------------------------------------------ bench: errors, kinds, resume
