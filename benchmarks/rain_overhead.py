@@ -1,6 +1,6 @@
 """What RAIN costs, and what the engine saves (issue 6).
 
-    python benchmarks/rain_overhead.py [--prompts 2] [--max-tokens 20] [--threads 1] ...
+    python benchmarks/rain_overhead.py [--prompts 1] [--max-tokens 64] [--max-visits 50] [--pairs 3] ...
 
 Same HH-style prompts, same hyperparameters and seeds, side by side in one run:
 
@@ -12,18 +12,37 @@ Same HH-style prompts, same hyperparameters and seeds, side by side in one run:
 - ``plain``: HF ``model.generate`` (greedy, KV cache) of exactly as many new tokens as RAIN
   committed for that prompt.
 
+Runs are interleaved, ``--pairs`` times: engine, plain[, reencode], engine, plain[, reencode], ...
+(the re-encoding run only in the first ``--reencode-pairs`` rounds: it is the slow one). Wall times
+are reported per run and as medians; the ratios are ratios of medians, so load from other processes
+on a shared machine hits both sides of a ratio alike. Token counts are deterministic (same seeds):
+each repeat must produce the same tokens, which is checked and recorded.
+
 Reported: (a) wall(RAIN on engine) / wall(plain) (the paper reports about 4x on LLaMA-30B); (b)
 tokens forwarded and wall time of the re-encoding run over the engine run (targets: >= 5x fewer
 tokens, >= 3x faster), and whether both runs produced the same tokens. Prints a table and writes
-benchmarks/results/rain_overhead.json. SmolLM2-135M-Instruct (the registry's offline model), CPU by
-default; the defaults run in a few minutes on 2 cores. The search budget is smaller than the
-paper's (T=50, >= 15 searches per commit) to keep it that way; every knob is recorded in the JSON.
+benchmarks/results/rain_overhead.json (or ``--out``). ``--model``: smollm2-135m-instruct (default)
+or qwen2.5-coder-0.5b-instruct (registry names); CPU by default. The defaults are the paper's
+search budget (T=50, >= 15 searches per commit) on one prompt and 64 response tokens; every knob
+is recorded in the JSON.
+
+About the re-encoding baseline: the official code (``HH/main.py``, ``getp``) also keeps a
+last-logits cache per state (``dicp``, keyed by the token tuple): reading the next-token logits of
+a state it has forwarded before costs no forward, but a hit returns no KV cache, so the token
+after it re-encodes the whole state. `ReencodeEngine` does NOT model that cache: a forked or
+rewound branch re-encodes its whole sequence when its logits are first read. For a candidate or a
+rollout this is the same one full re-encode (the official code pays it one token later); where
+the official code reads cached logits and decodes nothing after them (a 1-token expansion or the
+first step of a dynamic addition on a state seen before), the baseline re-encodes and the official
+code does not. So the baseline's forwarded tokens are an upper bound on the official code's for
+the same search, and ratio (b) may overstate what the engine saves there.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -32,7 +51,10 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+# Run as a script, this folder leads sys.path and its kernels.py would shadow the `kernels` package
+# transformers probes for (as would the repository root's kernels/): drop it; decodesearch is installed.
+if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
+    sys.path.pop(0)
 
 from decodesearch.engine import Engine, ReencodeEngine  # noqa: E402
 from decodesearch.models import load_model  # noqa: E402
@@ -60,11 +82,15 @@ PROMPTS = [
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--prompts", type=int, default=2, help="how many of the built-in prompts (1-4)")
-    p.add_argument("--max-tokens", type=int, default=20, help="RAIN's committed response length cap")
+    p.add_argument("--model", default="smollm2-135m-instruct", help="registry name")
+    p.add_argument("--prompts", type=int, default=1, help="how many of the built-in prompts (1-4)")
+    p.add_argument("--max-tokens", type=int, default=64, help="RAIN's committed response length cap")
     p.add_argument("--num-candidates", type=int, default=10, help="K")
-    p.add_argument("--max-visits", type=int, default=8, help="T (paper: 50)")
-    p.add_argument("--min-new-searches", type=int, default=4, help="new searches per commit (paper: 15)")
+    p.add_argument("--max-visits", type=int, default=50, help="T (paper: 50)")
+    p.add_argument("--min-new-searches", type=int, default=15, help="new searches per commit (paper: 15)")
+    p.add_argument("--pairs", type=int, default=3, help="interleaved rounds (engine, plain[, reencode])")
+    p.add_argument("--reencode-pairs", type=int, default=1, help="rounds that also run the re-encoding baseline")
+    p.add_argument("--note", default="", help="free text recorded in the JSON (e.g. machine load)")
     p.add_argument("--min-visits", type=int, default=6, help="T_m")
     p.add_argument("--value-threshold", type=float, default=0.8, help="V")
     p.add_argument("--rollout-max-tokens", type=int, default=24)
@@ -110,7 +136,7 @@ def run_rain(engine_cls, model, tok, prompts, args) -> dict:
         done = r.trace[-1]
         rows.append({"prompt": r.prompt, "text": r.text, "token_ids": r.token_ids, "tokens": len(r.token_ids),
                      "wall_s": r.wall_s, "tokens_forwarded": r.tokens_forwarded,
-                     "forward_calls": r.trace[-2]["this_prompt"]["forward_calls"], "commits": done["commits"],
+                     "forward_calls": r.trace[-2]["forward_calls"], "commits": done["commits"],
                      "searches": done["searches"], "rewinds": done["rewinds"], "stop_reason": done["stop_reason"]})
     return {"engine": engine_cls.__name__, "wall_s": wall, "tokens_forwarded": engine.stats.tokens_forwarded,
             "forward_calls": engine.stats.forward_calls, "peak_rows": engine.stats.peak_rows,
@@ -135,37 +161,76 @@ def run_plain(model, tok, prompts, lengths, args) -> dict:
     return {"wall_s": total, "prompts": rows}
 
 
+def _median(xs):
+    xs = sorted(xs)
+    n = len(xs)
+    return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
+
+
+def _git_state() -> dict:
+    import subprocess
+
+    def git(*a):
+        try:
+            return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+        except Exception:  # no git: record nothing
+            return None
+
+    dirty = git("status", "--porcelain", "--", "decodesearch")
+    return {"commit": git("rev-parse", "HEAD"), "decodesearch_dirty": bool(dirty) if dirty is not None else None}
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     prompts = PROMPTS[: max(1, min(args.prompts, len(PROMPTS)))]
-    model, tok = load_model("smollm2-135m-instruct", dtype=args.dtype, device=args.device)
+    model, tok = load_model(args.model, dtype=args.dtype, device=args.device)
     if args.embedder in ("auto", "minilm") and minilm_available():
         make_embedder("minilm")  # load the encoder once, outside the timed runs
 
-    # Warm up kernels/allocator on a throwaway run so neither timed run pays first-call costs.
+    # Warm up kernels/allocator on a throwaway run so no timed run pays first-call costs.
     warm = argparse.Namespace(**{**vars(args), "max_tokens": 2, "max_visits": 2, "min_new_searches": 1})
     run_rain(Engine, model, tok, prompts[:1], warm)
 
-    eng = run_rain(Engine, model, tok, prompts, args)
-    ree = None if args.skip_reencode else run_rain(ReencodeEngine, model, tok, prompts, args)
-    plain = run_plain(model, tok, prompts, [p["tokens"] for p in eng["prompts"]], args)
-
-    ratios = {"a_time_rain_over_plain": eng["wall_s"] / plain["wall_s"]}
+    engines, plains, reencodes = [], [], []
+    for i in range(max(1, args.pairs)):
+        engines.append(run_rain(Engine, model, tok, prompts, args))
+        plains.append(run_plain(model, tok, prompts, [p["tokens"] for p in engines[0]["prompts"]], args))
+        if not args.skip_reencode and i < args.reencode_pairs:
+            reencodes.append(run_rain(ReencodeEngine, model, tok, prompts, args))
+        print(f"round {i + 1}: engine {engines[-1]['wall_s']:.1f}s, plain {plains[-1]['wall_s']:.2f}s"
+              + (f", reencode {reencodes[-1]['wall_s']:.1f}s" if len(reencodes) == i + 1 else ""), flush=True)
+    eng, plain = engines[0], plains[0]
+    ree = reencodes[0] if reencodes else None
+    same_repeat = all([p["token_ids"] for p in e["prompts"]] == [p["token_ids"] for p in eng["prompts"]]
+                      and e["tokens_forwarded"] == eng["tokens_forwarded"] for e in engines)
+    walls = {"rain_engine": [e["wall_s"] for e in engines], "plain": [p["wall_s"] for p in plains],
+             "rain_reencode": [r["wall_s"] for r in reencodes]}
+    med = {k: _median(v) if v else None for k, v in walls.items()}
+    ratios = {"a_time_rain_over_plain": med["rain_engine"] / med["plain"],
+              "a_per_round": [e / p for e, p in zip(walls["rain_engine"], walls["plain"])]}
     if ree is not None:
         ratios.update({
             "b_tokens_forwarded_reencode_over_engine": ree["tokens_forwarded"] / eng["tokens_forwarded"],
             "b_forward_calls_reencode_over_engine": ree["forward_calls"] / eng["forward_calls"],
-            "b_time_reencode_over_engine": ree["wall_s"] / eng["wall_s"],
+            "b_time_reencode_over_engine": med["rain_reencode"] / med["rain_engine"],
+            "b_time_per_round": [r / e for r, e in zip(walls["rain_reencode"], walls["rain_engine"])],
             "same_tokens": [a["token_ids"] for a in eng["prompts"]] == [b["token_ids"] for b in ree["prompts"]],
         })
+    names = {"smollm2-135m-instruct": "smollm2-135m-instruct (SmolLM2-135M-Instruct, Q4_1 GGUF dequantised)",
+             "qwen2.5-coder-0.5b-instruct": "qwen2.5-coder-0.5b-instruct (Qwen2.5-Coder-0.5B-Instruct)"}
     result = {
-        "model": "smollm2-135m-instruct (SmolLM2-135M-Instruct, Q4_1 GGUF dequantised)",
+        "model": names.get(args.model, args.model),
         "dtype": args.dtype, "device": args.device, "threads": args.threads,
         "torch": torch.__version__, "machine": platform.machine(), "processor": platform.processor(),
+        "cpu_count": os.cpu_count(), "load_average_at_end": list(os.getloadavg()), "git": _git_state(),
+        "note": args.note,
         "prompt_format": {"system": SYSTEM, "chat_template": True},
         "rain": rain_settings(make_rain(args)),
         "engine_kwargs": {"max_rows": 64, "initial_cols": 512},
+        "interleaving": {"pairs": len(engines), "reencode_runs": len(reencodes),
+                         "order": "engine, plain" + (", reencode (first rounds)" if reencodes else ""),
+                         "wall_s": walls, "median_wall_s": med, "repeats_same_tokens": same_repeat},
         "rain_engine": eng, "rain_reencode": ree, "plain": plain, "ratios": ratios,
         "targets": {"b_tokens_forwarded": ">= 5", "b_time": ">= 3",
                     "met": None if ree is None else bool(ratios["b_tokens_forwarded_reencode_over_engine"] >= 5
@@ -180,19 +245,20 @@ def main(argv=None) -> dict:
 
 def print_table(res: dict) -> None:
     eng, ree, plain = res["rain_engine"], res["rain_reencode"], res["plain"]
+    med = res["interleaving"]["median_wall_s"]
     print(f"model {res['model']}, {res['dtype']} on {res['device']} ({res['threads']} thread(s)), "
           f"{len(eng['prompts'])} prompts")
     k = res["rain"]
     print(f"RAIN: K={k['num_candidates']} sets={k['set_lengths']} T={k['max_visits']} "
           f">= {k['min_new_searches']} searches/commit T_m={k['min_visits']} V={k['value_threshold']} "
           f"max_tokens={k['max_tokens']} rollout<={k['rollout_max_tokens']} judge=harmless embedder={k['embedder']}")
-    print(f"{'run':<16}{'wall s':>10}{'tokens fwd':>12}{'fwd calls':>11}{'new tokens':>12}")
+    print(f"{'run':<16}{'median s':>10}{'tokens fwd':>12}{'fwd calls':>11}{'new tokens':>12}")
     new = sum(p["tokens"] for p in eng["prompts"])
-    print(f"{'rain (engine)':<16}{eng['wall_s']:>10.1f}{eng['tokens_forwarded']:>12}{eng['forward_calls']:>11}{new:>12}")
+    print(f"{'rain (engine)':<16}{med['rain_engine']:>10.1f}{eng['tokens_forwarded']:>12}{eng['forward_calls']:>11}{new:>12}")
     if ree is not None:
         new_r = sum(p["tokens"] for p in ree["prompts"])
-        print(f"{'rain (reencode)':<16}{ree['wall_s']:>10.1f}{ree['tokens_forwarded']:>12}{ree['forward_calls']:>11}{new_r:>12}")
-    print(f"{'plain generate':<16}{plain['wall_s']:>10.1f}{'':>12}{'':>11}{sum(p['tokens'] for p in plain['prompts']):>12}")
+        print(f"{'rain (reencode)':<16}{med['rain_reencode']:>10.1f}{ree['tokens_forwarded']:>12}{ree['forward_calls']:>11}{new_r:>12}")
+    print(f"{'plain generate':<16}{med['plain']:>10.2f}{'':>12}{'':>11}{sum(p['tokens'] for p in plain['prompts']):>12}")
     r = res["ratios"]
     print(f"(a) RAIN on engine / plain generation, wall: {r['a_time_rain_over_plain']:.1f}x  (paper: ~4x on LLaMA-30B)")
     if ree is not None:
