@@ -770,3 +770,23 @@ def test_cli_preset_flag_builds_rain_with_the_preset():
     assert isinstance(rain, RAIN) and rain.min_visits == 16 and rain.max_tokens == 32
     with pytest.raises(ValueError, match="preset"):
         build_strategy("rain", {"preset": "nope"})
+
+
+def test_settings_follow_a_capped_copy_and_the_signature_lists_every_knob(tiny_llama):
+    """`integrations.hf.capped` lowers `max_tokens` on a shallow copy: the copy's searches stop
+    there. lm-eval's model_args parser reads RAIN's signature: every knob and `preset` are in it."""
+    from decodesearch.integrations.hf import capped
+    from decodesearch.integrations.lm_eval import strategy_options
+    from decodesearch.strategies.rain import RainSettings
+
+    model, tok = tiny_llama
+    rain = RAIN(num_candidates=2, set_lengths=(1, 2), max_tokens=8, rollout_max_tokens=2, max_visits=2,
+                min_new_searches=1, evaluator=lambda t: 0.0, embedder=None, seed=0, stop=Stop(eos_ids=()))
+    short = capped(rain, 3)
+    assert short.settings.max_tokens == 3 and rain.settings.max_tokens == 8
+    res = short.run(Engine(model, tok, max_rows=24), ["Go"])[0]
+    assert res.tokens_generated == 3
+    opts = strategy_options(RAIN)
+    knobs = set(RainSettings.names()) - {"sampler", "stop", "rollout_sampler"}
+    assert knobs <= {k for k, v in opts.items() if v is not None}
+    assert opts["preset"] == "str" and opts["evaluator"] == "str" and opts["max_visits"] == "int"

@@ -3,6 +3,8 @@ accounting for the scheduler, and the outer loop (search, commit, repeat) with i
 
 from __future__ import annotations
 
+import inspect
+from dataclasses import MISSING, fields, replace
 from typing import Any, Callable
 
 import torch
@@ -88,19 +90,27 @@ class RAIN(Strategy):
         self.preset = preset
         self.evaluator = as_evaluator(preset_evaluator if evaluator is _UNSET else evaluator, context_format)
         resolved_format = context_format or getattr(self.evaluator, "context_format", DEFAULT_CONTEXT_FORMAT)
-        self.settings = RainSettings(**values, max_tokens=self.max_tokens, sampler=self.sampler, stop=self.stop,
-                                     context_format=resolved_format)
+        self._settings = RainSettings(**values, max_tokens=self.max_tokens, sampler=self.sampler, stop=self.stop,
+                                      context_format=resolved_format)
         self.embedder_spec = embedder
         self._embedders: dict[int, Any] = {}
+
+    @property
+    def settings(self) -> RainSettings:
+        """The frozen settings every search of this strategy reads. `max_tokens`, `sampler` and
+        `stop` live on the `Strategy` base too; a copy whose base value was changed (e.g.
+        `integrations.hf.capped` lowering `max_tokens`) gets settings that follow it."""
+        s = self._settings
+        if (s.max_tokens, s.sampler, s.stop) != (self.max_tokens, self.sampler, self.stop):
+            s = self._settings = replace(s, max_tokens=self.max_tokens, sampler=self.sampler, stop=self.stop)
+        return s
 
     def __getattr__(self, name: str):
         # Read-only access to the settings as attributes (rain.max_visits); only called for names
         # not found on the object itself.
-        if name.startswith("__") or name == "settings":
-            raise AttributeError(name)
-        settings = self.__dict__.get("settings")
-        if settings is not None and name in RainSettings.names():
-            return getattr(settings, name)
+        settings = self.__dict__.get("_settings")
+        if settings is not None and not name.startswith("_") and name in RainSettings.names():
+            return getattr(self.settings, name)
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def default_sampler(self) -> Sampler:
@@ -179,3 +189,22 @@ class RAIN(Strategy):
         sample = Sample(text=text, answer=extract_answer(text), tokens_generated=len(resp), token_ids=list(resp),
                         stop_reason=state.done)
         return self.result(prompt, sample, [sample], trace)
+
+
+def _public_signature() -> inspect.Signature:
+    """`RAIN(...)`'s signature as callers see it: the explicit parameters, then every `RainSettings`
+    knob with its default (lm-eval's ``model_args`` parser and ``help(RAIN)`` read it). The
+    evaluator shows its default without a preset, ``"harmless"``."""
+    own = [p for p in inspect.signature(RAIN.__init__).parameters.values() if p.kind is not p.VAR_KEYWORD]
+    own = [p.replace(default="harmless") if p.name == "evaluator" else p for p in own]
+    taken = {p.name for p in own}
+    extra = []
+    for f in fields(RainSettings):
+        if f.name in taken:
+            continue
+        default = f.default if f.default is not MISSING else f.default_factory()
+        extra.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=f.type))
+    return inspect.Signature(own + extra)
+
+
+RAIN.__init__.__signature__ = _public_signature()
