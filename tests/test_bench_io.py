@@ -346,6 +346,30 @@ def test_summarize_hand_computed(tmp_path):
         assert word in table
 
 
+def test_summarize_weighted_at_k(tmp_path):
+    """weighted@k votes by the samples' scores; it is reported only when every sample has one."""
+    def scored(answer, correct, score):
+        return {**sample(answer, correct), "score": score}
+
+    out = tmp_path / "bon.jsonl"
+    with open_results(out, {**CONFIG, "kind": "aime"}) as rf:
+        # q0: two low-scored "2" (wrong) outvote one "1" (right) by count, not by score.
+        rf.append(rec("q0", True, gold="1", samples=[scored("2", False, 0.1), scored("1", True, 0.9),
+                                                     scored("2", False, 0.2)]))
+        # q1: "5" (right) leads on count and on score.
+        rf.append(rec("q1", True, gold="5", samples=[scored("5", True, 0.5), scored("5", True, 0.5),
+                                                     scored("6", False, 0.6)]))
+    s = summarize(out)
+    assert s["maj@k"][3] == 0.5 and s["weighted@k"][3] == 1.0
+    assert s["weighted@k"][1] == 0.5  # first sample only: q0 "2" wrong, q1 "5" right
+    assert s["weighted@k"][2] == 1.0  # q0: 0.9 > 0.1; q1: "5" 1.0
+    assert "weighted@3" in format_summary(s)
+    unscored = tmp_path / "plain.jsonl"
+    with open_results(unscored, {**CONFIG, "kind": "aime"}) as rf:
+        rf.append(rec("q0", True, gold="1", samples=[sample("1", True), scored("1", True, 0.3)]))
+    assert summarize(unscored)["weighted@k"] == {}
+
+
 def _run_file(path, flags, strategy="sampling", tokens=100):
     with open_results(path, {**CONFIG, "strategy": strategy}, fsync=False) as rf:
         for i, c in enumerate(flags):

@@ -41,6 +41,20 @@ def test_records_resume_and_refusal(engine, tmp_path):
     assert out.read_bytes() == before
 
 
+def test_scored_samples_give_weighted_at_k(engine, tmp_path):
+    """Best-of-N with a scorer records each sample's score, so the report has weighted@k."""
+    from decodesearch.bench.report import summarize
+    from decodesearch.strategies import BestOfN
+
+    out = tmp_path / "bon.jsonl"
+    strat = BestOfN(n=2, max_tokens=6, prompt_format=PLAIN, seed=0, step_scorer="logprob")
+    run_bench(engine, strat, load_dataset("arith", limit=2), str(out), config(strategy="best_of_n", limit=2),
+              progress=False)
+    recs = read_results(out)[1]
+    assert all(isinstance(s["score"], float) for r in recs for s in r["samples"])
+    assert set(summarize(out)["weighted@k"]) == {1, 2}
+
+
 def test_sharded_ranks_and_merge(engine, tmp_path):
     out = tmp_path / "run.jsonl"
     problems = load_dataset("arith", limit=5)

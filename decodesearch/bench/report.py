@@ -9,7 +9,7 @@ from typing import Any, Callable, Sequence, Union
 
 from decodesearch.bench.results import read_results
 from decodesearch.scoring.answers import CHECK_TIMEOUT_S, check_answer, normalize_answer
-from decodesearch.scoring.metrics import maj_at_k, mean_pass_at_k, self_correction_metrics
+from decodesearch.scoring.metrics import maj_at_k, mean_pass_at_k, self_correction_metrics, weighted_at_k
 
 __all__ = ["summarize", "format_summary", "print_summary", "compare", "format_compare", "plot", "correction_pairs"]
 
@@ -89,6 +89,8 @@ def summarize(
     problems with samples, or 0), ``pass@k`` and ``maj@k`` (dicts k -> value, over problems with
     samples, for k in ``ks`` or 1, 2, 4, ... and the minimum sample count; maj@k votes over
     the first k samples' answers grouped by ``vote_key``, default ``normalize_answer``),
+    ``weighted@k`` (the same with each vote weighted by the sample's ``score``; empty unless every
+    sample has one: best-of-N with a scorer, beam search, DVTS),
     ``mean_tokens_generated``, ``mean_tokens_forwarded`` (per problem), ``wall_s`` (sum),
     ``mean_wall_s``, ``tokens_per_s`` (tokens generated / wall seconds), and
     ``self_correction`` (dict acc1, acc2, cl, cs, rss, n_questions, n_pairs; None when no
@@ -112,6 +114,9 @@ def summarize(
     out["samples_per_problem"] = n_min
     pk: dict[int, float] = {}
     mk: dict[int, float] = {}
+    wk: dict[int, float] = {}
+    scored = bool(with_samples) and all(isinstance(s.get("score"), (int, float)) and not isinstance(s.get("score"), bool)
+                                        for r in with_samples for s in r["samples"])
     if n_min:
         answers = [[s.get("answer") for s in r["samples"]] for r in with_samples]
         correct = [[bool(s.get("correct")) for s in r["samples"]] for r in with_samples]
@@ -122,8 +127,13 @@ def summarize(
             pk[k] = mean_pass_at_k(counts, k)
             hits = [maj_at_k(a, c, k, key=vote_key) for a, c in zip(answers, correct)]
             mk[k] = sum(hits) / len(hits)
+            if scored:
+                scores = [[s["score"] for s in r["samples"]] for r in with_samples]
+                hits = [weighted_at_k(a, c, w, k, key=vote_key) for a, c, w in zip(answers, correct, scores)]
+                wk[k] = sum(hits) / len(hits)
     out["pass@k"] = pk
     out["maj@k"] = mk
+    out["weighted@k"] = wk
 
     def mean(field):
         vals = [r[field] for r in records if isinstance(r.get(field), (int, float))]
@@ -171,6 +181,8 @@ def _rows(s: dict) -> list[tuple[str, str]]:
         rows.append((f"pass@{k}", _pct(v)))
     for k, v in s.get("maj@k", {}).items():
         rows.append((f"maj@{k}", _pct(v)))
+    for k, v in s.get("weighted@k", {}).items():
+        rows.append((f"weighted@{k}", _pct(v)))
     rows += [
         ("mean tokens generated", _num(s.get("mean_tokens_generated"))),
         ("mean tokens forwarded", _num(s.get("mean_tokens_forwarded"))),

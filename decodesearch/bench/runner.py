@@ -47,6 +47,7 @@ def to_record(problem: Problem, result: SearchResult) -> dict:
             "correct_before_triggers": [check(a) for a in s.answers_before_triggers],
             "tokens_generated": s.tokens_generated,
             "tokens_forced": s.tokens_forced,
+            "score": s.score,
         })
     return {
         "id": problem.id,

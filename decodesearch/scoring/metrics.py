@@ -124,6 +124,25 @@ def maj_at_k(
     return False if i is None else bool(correct[i])
 
 
+def weighted_at_k(
+    answers: Sequence,
+    correct: Sequence[bool],
+    scores: Sequence[float],
+    k: int | None = None,
+    key: Callable | None = None,
+) -> bool:
+    """Whether the score-weighted vote over the first ``k`` samples (all if None) is correct: each
+    answer group's vote is the sum of its samples' scores (weighted best-of-N, as search-and-learn
+    reports it). Same conventions as `maj_at_k`."""
+    if not len(answers) == len(correct) == len(scores):
+        raise ValueError(f"weighted_at_k: {len(answers)} answers, {len(correct)} flags, {len(scores)} scores")
+    k = len(answers) if k is None else k
+    if k < 1 or k > len(answers):
+        raise ValueError(f"weighted_at_k: k={k} must satisfy 1 <= k <= {len(answers)} (number of samples)")
+    i = vote_index(list(answers[:k]), key=key, weights=list(scores[:k]))
+    return False if i is None else bool(correct[i])
+
+
 @dataclass
 class SelfCorrectionStats:
     """Confidence/critique decomposition (arXiv 2412.19513). Probabilities in [0, 1]; None = undefined.
