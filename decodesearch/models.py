@@ -226,18 +226,11 @@ def _cache_problem(entry: RegistryEntry, folder: Path) -> str | None:
 
 @contextlib.contextmanager
 def _build_lock(root: Path, name: str) -> Iterator[None]:
-    """Serialise builds of one model across processes (flock where available)."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: builds stay atomic, only possibly duplicated
+    """Serialise builds of one model across processes."""
+    from filelock import FileLock
+
+    with FileLock(root / f".{name}.lock"):
         yield
-        return
-    with open(root / f".{name}.lock", "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _hash_files(paths: list[Path], copy_to: Path | None = None) -> str:

@@ -1,6 +1,5 @@
 """The decodesearch CLI, `python -m decodesearch`, and what the installed package exposes."""
 
-import fcntl
 import json
 import os
 import re
@@ -14,7 +13,7 @@ import pytest
 
 import decodesearch
 from decodesearch import models
-from decodesearch.bench.results import read_results
+from decodesearch.bench.results import read_results, writer_lock
 from decodesearch.cli import SUBCOMMANDS, main
 
 
@@ -270,11 +269,9 @@ def test_bench_expected_errors_are_one_line_before_the_model_loads(tiny_dir, tmp
     assert _bench(tiny_dir, data, out, "--max-tokens", "3", "--device", "no-such-device") == 1
     _one_error_line(capsys.readouterr().err, "different configuration", "max_tokens: file has 2, this run has 3")
     # a results file another process is writing
-    with open(out, "rb") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    with writer_lock(out):
         assert _bench(tiny_dir, data, out, "--device", "no-such-device") == 1
         _one_error_line(capsys.readouterr().err, "being written by another process")
-        fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
     assert out.read_bytes() == before
     with pytest.raises(IsADirectoryError):  # --debug: the exception itself, with its traceback
         _bench(tiny_dir, data, tmp_path, "--debug")
@@ -317,3 +314,13 @@ def test_ctrl_c_says_how_many_records_are_saved(tiny_dir, tmp_path):
     saved = len(read_results(out)[1])
     assert proc.returncode == 130 and "Traceback" not in err, err
     assert f"interrupted; {saved} records saved" in err and "rerun the same command to resume" in err
+
+
+def test_every_package_is_listed_for_the_wheel():
+    """pyproject lists packages explicitly: a new subpackage missing there is absent from a wheel."""
+    import tomllib
+
+    root = Path(decodesearch.__file__).resolve().parent
+    listed = set(tomllib.loads((root.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(("decodesearch",) + p.parent.relative_to(root).parts) for p in root.rglob("__init__.py")}
+    assert found - listed == set()

@@ -47,7 +47,7 @@ Safety: an existing file is never rewritten. Opening it for a resume only ever (
 trailing partial line left by a killed writer (bytes after the last newline that are not a
 complete JSON object) or (b) adds the missing newline after a complete last record; every
 other problem (config mismatch, corrupt line in the middle, not a results file) raises before
-anything is written. A second writer on the same file is refused (``flock``, POSIX).
+anything is written. A second writer on the same file is refused (a ``filelock`` on ``<path>.lock``).
 """
 
 from __future__ import annotations
@@ -61,10 +61,22 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-try:
-    import fcntl
-except ImportError:  # non-POSIX: no inter-process lock
-    fcntl = None
+from filelock import FileLock, Timeout
+
+
+def writer_lock(path: str | os.PathLike) -> FileLock:
+    """The lock a process holds while it writes ``path`` (the file ``<path>.lock``; never waits)."""
+    return FileLock(f"{path}.lock", timeout=0)
+
+
+def acquire_writer_lock(path: str | os.PathLike) -> FileLock:
+    """Take ``path``'s writer lock, or raise RuntimeError when another process holds it."""
+    lock = writer_lock(path)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise RuntimeError(f"{path} is being written by another process") from None
+    return lock
 
 __all__ = [
     "FORMAT_VERSION",
@@ -252,9 +264,10 @@ class ResultsFile:
     ``errored``: ids whose latest record has an ``error`` (updated by append).
     """
 
-    def __init__(self, path: Path, fh, config: dict, records: list[dict], fsync: bool):
+    def __init__(self, path: Path, fh, config: dict, records: list[dict], fsync: bool, lock: FileLock):
         self.path = path
         self._fh = fh
+        self._lock = lock
         self.config = config
         self.records = records
         self.finished: list[str] = [r["id"] for r in records]
@@ -295,11 +308,10 @@ class ResultsFile:
         if self._fh is not None:
             try:
                 self._fh.flush()
-                if fcntl is not None:
-                    fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
             finally:
                 self._fh.close()
                 self._fh = None
+                self._lock.release()
 
     def __enter__(self) -> "ResultsFile":
         return self
@@ -340,20 +352,20 @@ def open_results(
     ValueError naming every differing key and the file is left untouched; on a match, the
     returned ``ResultsFile.finished`` lists the ids to skip. A partial last line from a killed
     run is dropped (nothing else is changed). Raises RuntimeError if another process has the
-    file open through ``open_results`` (POSIX ``flock``).
+    file open through ``open_results`` (its ``writer_lock``).
     """
     path = Path(path)
     config = _normalize(config)
     if path.parent and not path.parent.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
+    lock = acquire_writer_lock(path)
     created = not path.exists()
-    fh = open(path, "ab")  # creates if missing; never truncates
     try:
-        if fcntl is not None:
-            try:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                raise RuntimeError(f"{path} is being written by another process") from None
+        fh = open(path, "ab")  # creates if missing; never truncates
+    except BaseException:
+        lock.release()
+        raise
+    try:
         with open(path, "rb") as rf:
             data = rf.read()
         scan = _scan_bytes(data, path)
@@ -368,7 +380,7 @@ def open_results(
                 os.fsync(fh.fileno())
                 if created:
                     _fsync_dir(path)
-            return ResultsFile(path, fh, config, [], fsync)
+            return ResultsFile(path, fh, config, [], fsync, lock)
         diffs = config_diff(scan.header["config"], config, ignore_keys)
         if diffs:
             raise ValueError(
@@ -385,14 +397,10 @@ def open_results(
         fh.flush()
         if fsync:
             os.fsync(fh.fileno())
-        return ResultsFile(path, fh, scan.header["config"], scan.records, fsync)
+        return ResultsFile(path, fh, scan.header["config"], scan.records, fsync, lock)
     except BaseException:
-        if fcntl is not None:
-            try:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-            except OSError:
-                pass
         fh.close()
+        lock.release()
         raise
 
 

@@ -66,31 +66,31 @@ def to_record(problem: Problem, result: SearchResult) -> dict:
 
 
 class Progress:
-    """A one-line progress bar on stderr: problems done, running accuracy, generated tokens/s, engine
-    rows in use, ETA."""
+    """The progress bar on stderr (tqdm): problems done of this rank's share, running accuracy,
+    generated tokens/s and engine rows in use; tqdm adds the rate and ETA."""
 
     def __init__(self, total: int, done: int = 0, correct: int = 0, label: str = ""):
-        self.total, self.done, self.correct, self.label = total, done, correct, label
-        self.t0, self.new, self.tokens = time.perf_counter(), 0, 0
+        from tqdm import tqdm
+
+        self.done, self.correct, self.tokens, self.t0 = done, correct, 0, time.perf_counter()
+        self.bar = tqdm(total=total, initial=done, desc=label.strip() or None, unit="problem",
+                        file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
 
     def update(self, correct: bool, tokens: int, rows: int) -> None:
         self.done += 1
-        self.new += 1
         self.correct += bool(correct)
         self.tokens += tokens
-        elapsed = time.perf_counter() - self.t0
-        width = 24
-        fill = int(width * self.done / max(1, self.total))
-        eta = elapsed / self.new * (self.total - self.done)
-        sys.stderr.write(
-            f"\r{self.label}[{'#' * fill}{'.' * (width - fill)}] {self.done}/{self.total} "
-            f"acc {100 * self.correct / self.done:5.1f}% | {self.tokens / max(elapsed, 1e-9):6.1f} tok/s | "
-            f"rows in use {rows} | eta {eta / 60:4.1f} min "
-        )
-        sys.stderr.flush()
+        rate = self.tokens / max(time.perf_counter() - self.t0, 1e-9)
+        self.bar.set_postfix_str(f"acc {100 * self.correct / self.done:.1f}% | {rate:.1f} tok/s | rows {rows}",
+                                 refresh=False)
+        self.bar.update(1)
+
+    def write(self, line: str) -> None:
+        """A message line that does not break the bar."""
+        self.bar.write(line, file=sys.stderr)
 
     def close(self) -> None:
-        sys.stderr.write("\n")
+        self.bar.close()
 
 
 def error_record(problem: Problem, error: BaseException, strategy: str) -> dict:
@@ -104,7 +104,7 @@ def check_out(out: str, config: dict, *, rank: int = 0, world_size: int = 1) -> 
     """Refuse, before any model loads, an `out` that cannot take this run: a directory, a file (or
     this rank's shard) written by a run with another configuration or not a results file, or one
     another process is writing. Writes nothing."""
-    from decodesearch.bench.results import _scan_bytes, config_diff, fcntl
+    from decodesearch.bench.results import _scan_bytes, acquire_writer_lock, config_diff
 
     paths = [Path(out)] if world_size == 1 else [Path(out), shard_path(out, rank)]
     for path in paths:
@@ -119,13 +119,7 @@ def check_out(out: str, config: dict, *, rank: int = 0, world_size: int = 1) -> 
         if diffs:
             raise ValueError(f"{path} was written by a run with a different configuration:\n  " + "\n  ".join(diffs)
                              + "\nUse another output path, or rerun with the file's configuration to resume it.")
-        if fcntl is not None:
-            with open(path, "rb") as fh:
-                try:
-                    fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except OSError:
-                    raise RuntimeError(f"{path} is being written by another process") from None
-                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+        acquire_writer_lock(path).release()
 
 
 def run_bench(
@@ -169,10 +163,11 @@ def run_bench(
                 p = todo[f.index][1]
                 if f.error is not None:
                     record = error_record(p, f.error, strategy.name)
+                    line = f"problem {p.id!r} failed ({record['error']}); recorded as an error, going on"
                     if bar:
-                        sys.stderr.write("\n")
-                    print(f"problem {p.id!r} failed ({record['error']}); recorded as an error, going on",
-                          file=sys.stderr, flush=True)
+                        bar.write(line)
+                    else:
+                        print(line, file=sys.stderr, flush=True)
                 else:
                     record = to_record(p, f.result)
                 results.append(record)
