@@ -18,7 +18,7 @@ from typing import Sequence
 import torch
 
 from decodesearch.engine.prefix_cache import PrefixCache
-from decodesearch.engine.sampling import GREEDY, Sampler, Stop, filtered_probs, sample_rows
+from decodesearch.engine.sampling import GREEDY, Sampler, Stop, StopReason, filtered_probs, sample_rows
 from decodesearch.engine.store import BranchKVStore, CallContext
 from decodesearch.kernels import score
 
@@ -75,7 +75,7 @@ class Branch:
         self.token_logprobs: list[float | None] = []
         self.start = start
         self.seed = seed
-        self.stop_reason: str | None = None
+        self.stop_reason: StopReason | None = None
         self.released = False
         self.cached = False  # a prefix-cache entry (held by the engine, never handed to a caller)
         self._forks = 0
@@ -115,7 +115,7 @@ class Decoded(list):
     summed natural-log probability of every pick (a final EOS included) under that sampler's
     filtered distribution, else 0.0."""
 
-    def __init__(self, tokens: Sequence[int], stop_reason: str | None, score: float = 0.0):
+    def __init__(self, tokens: Sequence[int], stop_reason: StopReason | None, score: float = 0.0):
         super().__init__(tokens)
         self.stop_reason = stop_reason
         self.score = score
@@ -133,7 +133,7 @@ class DecodeRow:
         self.branch, self.limit, self.sampler, self.stop, self.eos = branch, limit, sampler, stop, eos
         self.score_under, self.score = score_under, 0.0
         self.out: list[int] = []
-        self.stop_reason: str | None = None if limit else "length"
+        self.stop_reason: StopReason | None = None if limit else StopReason.LENGTH
 
     def result(self) -> Decoded:
         return Decoded(self.out, self.stop_reason, self.score)
@@ -396,16 +396,16 @@ class Engine:
         for r, tok, lp in zip(rows, picked.tolist(), chosen_lp):
             b = r.branch
             if tok in r.eos:
-                r.stop_reason = "eos"
+                r.stop_reason = StopReason.EOS
             else:
                 r.out.append(tok)
                 step.append((r, tok, lp))
                 if len(r.out) >= r.limit:
-                    r.stop_reason = "length"
+                    r.stop_reason = StopReason.LENGTH
                 elif b.length + 1 >= self.max_context:
-                    r.stop_reason = "context"
+                    r.stop_reason = StopReason.CONTEXT
                 elif r.stop.hit(self.tokenizer, r.out):
-                    r.stop_reason = "stop_string"
+                    r.stop_reason = StopReason.STOP_STRING
             b.stop_reason = r.stop_reason
         return step
 

@@ -8,6 +8,7 @@ the batch.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Sequence
 
 import torch
@@ -106,6 +107,18 @@ def sample_rows(logits: torch.Tensor, samplers: Sequence[Sampler],
         probs = filtered_probs(logits[idx], [samplers[i] for i in drawn])
         picked[idx] = draw(probs, [generators[i] for i in drawn])
     return picked
+
+
+class StopReason(str, Enum):
+    """Why a branch stopped decoding. A `str`, so it compares equal to (and serialises as) its value."""
+
+    EOS = "eos"  # an EOS id was picked (not appended)
+    STOP_STRING = "stop_string"  # a stop string or boundary of the `Stop` rule (kept)
+    LENGTH = "length"  # `max_new_tokens` reached
+    CONTEXT = "context"  # the model's context length reached
+
+    def __str__(self) -> str:
+        return self.value
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from decodesearch.engine import Branch, Sampler, Stop
+from decodesearch.engine import Branch, Sampler, Stop, StopReason
 from decodesearch.engine.scheduler import SearchEngine
 from decodesearch.scoring.answers import extract_answer
 from decodesearch.scoring.step_scorers import AGGREGATES, DEFAULT_DELIMITER, aggregate, make_step_scorer
@@ -107,8 +107,9 @@ class BeamSearch(Strategy):
                     beam.logprobs.append([lp for lp in beam.branch.token_logprobs[-len(out):]])
                 beam.tokens += len(out)
                 r = beam.branch.stop_reason
-                user_stop = r == "stop_string" and self.stop.hit(engine.tokenizer, out)
-                beam.done = r in ("eos", "context") or user_stop or beam.tokens >= self.max_tokens or not out
+                user_stop = r == StopReason.STOP_STRING and self.stop.hit(engine.tokenizer, out)
+                beam.done = (r in (StopReason.EOS, StopReason.CONTEXT) or user_stop or beam.tokens >= self.max_tokens
+                             or not out)
             extra = {"logprobs": [b.logprobs for b in active]} if getattr(self.scorer, "needs_logprobs", False) else {}
             scores = await self.scorer.score_steps(engine, prompt, [b.steps for b in active], **extra)
             for beam, s in zip(active, scores):

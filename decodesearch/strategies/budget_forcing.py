@@ -15,7 +15,7 @@ gets no answer), and nothing raises.
 
 from __future__ import annotations
 
-from decodesearch.engine import GREEDY, Branch, Sampler, Stop
+from decodesearch.engine import GREEDY, Branch, Sampler, Stop, StopReason
 from decodesearch.engine.scheduler import SearchEngine
 from decodesearch.scoring.answers import extract_answer
 from decodesearch.strategies.base import SearchResult, Strategy, check_positive_int, make_sample, model_text
@@ -81,19 +81,19 @@ class BudgetForcing(Strategy):
             limit = max(0, min(want, room() - 1))  # decode stops one short of the context itself
             out = (await engine.decode([b], limit, self.sampler, think_stop))[0] if limit > 0 else []
             thought += len(out)
-            if limit < want and b.stop_reason not in ("eos", "stop_string"):
-                b.stop_reason, hit_context = "context", True
+            if limit < want and b.stop_reason not in (StopReason.EOS, StopReason.STOP_STRING):
+                b.stop_reason, hit_context = StopReason.CONTEXT, True
             trace.append({"event": "think", "tokens": len(out), "stop": b.stop_reason})
-            ended = b.stop_reason in ("eos", "stop_string")
+            ended = b.stop_reason in (StopReason.EOS, StopReason.STOP_STRING)
             wants_more = ignored < self.num_ignore or thought < self.min_thinking_tokens
             if not (ended and wants_more and thought < think_cap):
                 break
-            if b.stop_reason == "stop_string":
+            if b.stop_reason == StopReason.STOP_STRING:
                 cut = self._tokens_holding(tok, out, self.end_of_thinking)
                 engine.rewind(b, cut)
                 trace.append({"event": "rewind", "tokens": cut})
             if len(ignore) + 1 > room():  # no room to force the continuation and still answer
-                b.stop_reason, hit_context = "context", True
+                b.stop_reason, hit_context = StopReason.CONTEXT, True
                 trace.append({"event": "context", "position": thought})
                 break
             answer = extract_answer(model_text(b), explicit=True)
@@ -111,8 +111,8 @@ class BudgetForcing(Strategy):
         else:  # the prompt leaves no room for the cue: stop at the context limit, without an answer
             hit_context = True
             forced = len(ignore) * ignored
-        if hit_context and b.stop_reason not in ("eos", "stop_string"):
-            b.stop_reason = "context"
+        if hit_context and b.stop_reason not in (StopReason.EOS, StopReason.STOP_STRING):
+            b.stop_reason = StopReason.CONTEXT
         sample = make_sample(b, thought + len(out), answers_before_triggers=before, tokens_forced=forced)
         if cued:  # the cue opens the box; what fills it is the model's own answer
             sample.answer = extract_answer(self.answer_cue + tok.decode(out, skip_special_tokens=True)) or sample.answer
