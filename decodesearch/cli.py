@@ -370,8 +370,9 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------ demo (`make run`)
 
 DEMO_RUN_MODEL = "qwen2.5-coder-0.5b-instruct"
-#: Indices (file order, 0-based) of the 43 level-1 problems of MATH-500; the demo takes the first N.
-#: The order is that of the canonical file (prm800k test split), the same on the HF hub.
+#: Indices (file order, 0-based) of the 43 level-1 problems of MATH-500 (the canonical file's order,
+#: prm800k's test split, as on the HF hub). The demo takes N of them evenly spaced over the list
+#: (`demo_indices`): a sample of level 1 chosen without looking at any model's answers.
 MATH500_LEVEL1 = (14, 16, 18, 38, 58, 65, 77, 79, 86, 87, 97, 102, 141, 144, 148, 167, 171, 172, 185, 187, 196,
                   237, 259, 262, 267, 268, 270, 312, 336, 362, 370, 374, 387, 395, 404, 406, 447, 449, 456, 457,
                   472, 474, 487)
@@ -395,8 +396,9 @@ def _args_demo(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     parser.add_argument("--data-dir", default=None, help="folder with math500.jsonl (default $DECODESEARCH_DATA, "
                         "else the HF hub through `datasets`)")
-    parser.add_argument("--problems", type=int, default=6, help="the first N level-1 MATH-500 problems (default 6, at most 43)")
-    parser.add_argument("--max-tokens", type=int, default=320, help="new-token budget of every sample (default 320)")
+    parser.add_argument("--problems", type=int, default=6,
+                        help="N level-1 MATH-500 problems, evenly spaced over the 43 (default 6)")
+    parser.add_argument("--max-tokens", type=int, default=256, help="new-token budget of every sample (default 256)")
     parser.add_argument("--n", type=int, default=4, help="samples per problem for self-consistency and IDS (default 4)")
     parser.add_argument("--smoke", action="store_true",
                         help="toy sizes (--problems 2 --max-tokens 8 --n 2): checks the pipeline in seconds; "
@@ -404,8 +406,13 @@ def _args_demo(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out-dir", default="runs/demo", help="results and plot folder, rewritten each run (default runs/demo)")
 
 
+def demo_indices(count: int) -> list[int]:
+    """MATH-500 indices of `count` level-1 problems evenly spaced over the 43 (all 43 for 43)."""
+    return [MATH500_LEVEL1[i * len(MATH500_LEVEL1) // count] for i in range(count)]
+
+
 def _demo_problems(data_dir, count: int):
-    """The first `count` level-1 MATH-500 problems, loaded as `bench --dataset math500` loads them."""
+    """`count` level-1 MATH-500 problems (`demo_indices`), loaded as `bench --dataset math500` loads them."""
     from decodesearch.bench.datasets import DATA_ENV, load_dataset
 
     if not 1 <= count <= len(MATH500_LEVEL1):
@@ -422,7 +429,7 @@ def _demo_problems(data_dir, count: int):
     if len(problems) != 500:
         raise ValueError(f"MATH-500 should hold 500 problems; the file found holds {len(problems)}, so its "
                          "level-1 problems cannot be located")
-    return [problems[i] for i in MATH500_LEVEL1[:count]]
+    return [problems[i] for i in demo_indices(count)]
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

@@ -98,7 +98,9 @@ def _fake_math500(folder: Path) -> Path:
 def test_demo_runs_the_main_job(smollm2, capsys, tmp_path):
     """`make run`'s demo at toy sizes (--smoke), on SmolLM2 and a stand-in MATH-500 file: the runs,
     the table, the CIs, the per-problem answers and the plot; a second run starts afresh."""
-    from decodesearch.cli import MATH500_LEVEL1
+    from decodesearch.cli import MATH500_LEVEL1, demo_indices
+
+    assert demo_indices(43) == list(MATH500_LEVEL1) and len(set(demo_indices(6))) == 6
 
     data = _fake_math500(tmp_path / "data")
     out_dir = tmp_path / "demo"
@@ -107,7 +109,7 @@ def test_demo_runs_the_main_job(smollm2, capsys, tmp_path):
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "smollm2-135m-instruct" in _rows(out)
-    picked = [f"math500-{i:03d}" for i in MATH500_LEVEL1[:2]]  # --smoke: the first two level-1 problems
+    picked = [f"math500-{i:03d}" for i in demo_indices(2)]  # --smoke: two level-1 problems
     for name in ("greedy", "self_consistency", "ids"):
         config, records = read_results(out_dir / f"{name}.jsonl")
         assert [r["id"] for r in records] == picked and config["options"]["max_tokens"] == 8
