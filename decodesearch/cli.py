@@ -396,8 +396,8 @@ def _args_demo(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     parser.add_argument("--data-dir", default=None, help="folder with math500.jsonl (default $DECODESEARCH_DATA, "
                         "else the HF hub through `datasets`)")
-    parser.add_argument("--problems", type=int, default=6,
-                        help="N level-1 MATH-500 problems, evenly spaced over the 43 (default 6)")
+    parser.add_argument("--problems", type=int, default=5,
+                        help="N level-1 MATH-500 problems, evenly spaced over the 43 (default 5)")
     parser.add_argument("--max-tokens", type=int, default=256, help="new-token budget of every sample (default 256)")
     parser.add_argument("--n", type=int, default=4, help="samples per problem for self-consistency and IDS (default 4)")
     parser.add_argument("--smoke", action="store_true",
