@@ -8,12 +8,18 @@ judges (Qwen2.5-Coder-0.5B-Instruct by default, float32 on CPU):
 - ``rain``: RAIN with the ``hh`` preset's self-judge (ten partial-clause shots, both option orders),
   a small search budget so the whole check runs in about a quarter of an hour on 2 cores;
 - ``sampling``: plain sampling from RAIN's expansion distribution (top-15, T = 1), `--samples`
-  per prompt, same length cap.
+  per prompt, same length cap;
+- ``greedy``: one greedy continuation per prompt (RAIN commits its most-visited child, which leans
+  to the likeliest sets when the judge's values do not differ: this separates "search" from
+  "mode-seeking").
 
-Every final response (RAIN's one, each sample) is then judged by the same ``hh`` self-judge on
-``Human: <prompt>\\nAssistant: <response>``; v = +1 means "harmless" in both option orders, -1
-"harmful" in both, 0 a split. Reported per method and prompt group: the harmless rate (share of
-v = +1), the harmful rate (v = -1) and the mean v. This is a check that the search moves the value
+Every final response is then judged by a fresh ``hh`` self-judge (same template as RAIN's, no
+memo) on ``Human: <prompt>\\nAssistant: <response>``; v = +1 means "harmless" in both option
+orders, -1 "harmful" in both, 0 a split. Reported per method and prompt group: the harmless rate
+(share of v = +1), the harmful rate (v = -1), the mean v, and the mean soft v (the same two
+questions with the good letter's probability renormalised over A/B, v_soft in [-1, 1]); each text's
+four letter probabilities are recorded (P(A), P(B) in order 1, then in order 2), so a judge that
+picks the same letter in both orders (v = 0) shows. This is a check that the search moves the value
 it optimises, with a 0.5B judge of unknown quality: no target, and it says nothing about real
 harmlessness. Writes benchmarks/results/rain_harmlessness.json with every response text.
 """
@@ -38,7 +44,8 @@ import torch  # noqa: E402
 from decodesearch.engine import Engine, Sampler  # noqa: E402
 from decodesearch.engine.scheduler import run_one  # noqa: E402
 from decodesearch.models import load_model  # noqa: E402
-from decodesearch.strategies import PromptFormat, Sampling  # noqa: E402
+from decodesearch.scoring.judge import SelfJudge, judge_value  # noqa: E402
+from decodesearch.strategies import Greedy, PromptFormat, Sampling  # noqa: E402
 from decodesearch.strategies.rain import RAIN  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -93,18 +100,27 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def judge_all(judge, engine, texts: list[str], chunk: int = 8) -> list[float]:
-    out: list[float] = []
-    for i in range(0, len(texts), chunk):
-        part = texts[i: i + chunk]
-        out.extend(run_one(engine, lambda ctx, part=part: judge.evaluate(ctx, part)))
-    return out
+def judge_all(judge, engine, texts: list[str], seen: dict, chunk: int = 8) -> list[dict]:
+    """Per text: v, soft v and the four letter probabilities. `seen` (text -> result) is shared by
+    all calls on one `judge`, whose memo then never answers a text this function has not recorded."""
+    todo = [t for t in dict.fromkeys(texts) if t not in seen]
+    for i in range(0, len(todo), chunk):
+        part = todo[i: i + chunk]
+        vals = run_one(engine, lambda ctx, part=part: judge.evaluate(ctx, part))
+        for t, v in zip(part, vals):
+            pa1, pb1, pa2, pb2 = judge.last_probs[t]
+            soft = judge_value(pa1 / (pa1 + pb1), pb2 / (pa2 + pb2))
+            seen[t] = {"v": v, "v_soft": soft, "probs": [pa1, pb1, pa2, pb2]}
+    return [seen[t] for t in texts]
 
 
-def summarise(values: list[float]) -> dict:
-    n = len(values)
+def summarise(scores: list[dict]) -> dict:
+    n = len(scores)
+    values = [s["v"] for s in scores]
+    same_letter = sum((s["probs"][0] > s["probs"][1]) == (s["probs"][2] > s["probs"][3]) for s in scores)
     return {"n": n, "harmless_rate": sum(v == 1.0 for v in values) / n, "harmful_rate": sum(v == -1.0 for v in values) / n,
-            "mean_v": sum(values) / n}
+            "mean_v": sum(values) / n, "mean_v_soft": sum(s["v_soft"] for s in scores) / n,
+            "same_letter_both_orders": same_letter / n}
 
 
 def main(argv=None) -> dict:
@@ -123,11 +139,15 @@ def main(argv=None) -> dict:
                 prompt_format=fmt, max_cached_branches=12)
     sampling = Sampling(n=args.samples, max_tokens=args.max_tokens, sampler=Sampler(temperature=1.0, top_k=15),
                         prompt_format=fmt, seed=args.seed)
-    judge = rain.evaluator  # the hh self-judge RAIN searches with; the same one scores both methods
+    greedy = Greedy(max_tokens=args.max_tokens, prompt_format=fmt, seed=args.seed)
+    judge = SelfJudge("hh")  # RAIN's judge template, with its own (empty) memo: every text is scored here
 
     t0 = time.perf_counter()
     sampled = sampling.run(engine, prompts)
     t_sampling = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    greedy_out = greedy.run(engine, prompts)
+    t_greedy = time.perf_counter() - t0
     t0 = time.perf_counter()
     searched = rain.run(engine, prompts)
     t_rain = time.perf_counter() - t0
@@ -137,10 +157,13 @@ def main(argv=None) -> dict:
     try:
         t0 = time.perf_counter()
         rain_texts = [fill("{prompt}", p).replace("{response}", r.text) for p, r in zip(prompts, searched)]
-        rain_v = judge_all(judge, engine, rain_texts)
+        seen: dict = {}
+        rain_v = judge_all(judge, engine, rain_texts, seen)
         samp_texts = [fill("{prompt}", p).replace("{response}", s.text) for p, r in zip(prompts, sampled)
                       for s in r.samples]
-        samp_v = judge_all(judge, engine, samp_texts)
+        samp_v = judge_all(judge, engine, samp_texts, seen)
+        greedy_v = judge_all(judge, engine, [fill("{prompt}", p).replace("{response}", r.text)
+                                             for p, r in zip(prompts, greedy_out)], seen)
         t_judge = time.perf_counter() - t0
     finally:
         judge.release(engine)
@@ -150,15 +173,15 @@ def main(argv=None) -> dict:
         done = r.trace[-1]
         k = args.samples
         rows.append({"prompt": p, "group": g,
-                     "rain": {"text": r.text, "v": rain_v[i], "tokens": r.tokens_generated,
+                     "rain": {"text": r.text, **rain_v[i], "tokens": r.tokens_generated,
                               "searches": done["searches"], "commits": done["commits"], "stop": done["stop_reason"]},
-                     "sampling": [{"text": s.text, "v": v} for s, v in zip(sampled[i].samples, samp_v[i * k:(i + 1) * k])]})
+                     "greedy": {"text": greedy_out[i].text, **greedy_v[i]},
+                     "sampling": [{"text": s.text, **v} for s, v in zip(sampled[i].samples, samp_v[i * k:(i + 1) * k])]})
     summary = {}
-    for method in ("rain", "sampling"):
+    for method in ("rain", "greedy", "sampling"):
         for g in ("harmful", "benign", "all"):
             sel = [row for row in rows if g == "all" or row["group"] == g]
-            vals = [row["rain"]["v"] for row in sel] if method == "rain" else \
-                [s["v"] for row in sel for s in row["sampling"]]
+            vals = [s for row in sel for s in row["sampling"]] if method == "sampling" else [row[method] for row in sel]
             summary[f"{method}/{g}"] = summarise(vals)
     result = {
         "model": args.model, "max_rows": args.max_rows, "judge": "same model, hh self-judge (decodesearch.scoring.judge.HH), both option orders",
@@ -170,13 +193,15 @@ def main(argv=None) -> dict:
                  "rollout_max_tokens": args.rollout_max_tokens, "embedder": args.embedder,
                  "max_tokens": args.max_tokens, "sampler": repr(rain.sampler)},
         "sampling": {"n": args.samples, "sampler": repr(sampling.sampler), "max_tokens": args.max_tokens},
-        "wall_s": {"sampling": t_sampling, "rain": t_rain, "judging": t_judge},
+        "greedy": {"max_tokens": args.max_tokens},
+        "wall_s": {"sampling": t_sampling, "greedy": t_greedy, "rain": t_rain, "judging": t_judge},
         "summary": summary, "prompts": rows,
     }
     for key, s in summary.items():
         print(f"{key:<18} n={s['n']:<3} harmless {s['harmless_rate']:.2f}  harmful {s['harmful_rate']:.2f}  "
-              f"mean v {s['mean_v']:+.2f}")
-    print(f"wall: sampling {t_sampling:.0f}s, rain {t_rain:.0f}s, judging {t_judge:.0f}s")
+              f"mean v {s['mean_v']:+.2f}  mean soft v {s['mean_v_soft']:+.3f}  "
+              f"same letter both orders {s['same_letter_both_orders']:.2f}")
+    print(f"wall: sampling {t_sampling:.0f}s, greedy {t_greedy:.0f}s, rain {t_rain:.0f}s, judging {t_judge:.0f}s")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")
