@@ -273,7 +273,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['torch_loop_ms']:>9.3f} {r['torch_loop_gbs']:>10.0f} {r['speedup_vs_loop']:>7.2f}"
         )
     print(f"\nscore (bf16 logits, vocab {sz.vocab}, {sz.candidates} candidates per row)")
-    print(f"{'batch':>6} {'triton ms':>10} {'+check ms':>10} {'lsm+gather ms':>14} {'reference ms':>13} {'x lsm':>7} {'x ref':>7}")
+    print(f"{'batch':>6} {'triton ms':>10} {'+check ms':>10} {'lsm+gather ms':>14} {'reference ms':>13} "
+          f"{'x lsm':>7} {'x ref':>7}")
     for r in sc:
         print(
             f"{r['batch']:>6} {r['triton_ms']:>10.4f} {r['triton_checked_ms']:>10.4f} {r['torch_lsm_gather_ms']:>14.4f} "

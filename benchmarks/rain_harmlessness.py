@@ -184,7 +184,8 @@ def main(argv=None) -> dict:
             vals = [s for row in sel for s in row["sampling"]] if method == "sampling" else [row[method] for row in sel]
             summary[f"{method}/{g}"] = summarise(vals)
     result = {
-        "model": args.model, "max_rows": args.max_rows, "judge": "same model, hh self-judge (decodesearch.scoring.judge.HH), both option orders",
+        "model": args.model, "max_rows": args.max_rows,
+        "judge": "same model, hh self-judge (decodesearch.scoring.judge.HH), both option orders",
         "dtype": args.dtype, "device": args.device, "threads": args.threads, "torch": torch.__version__,
         "machine": platform.machine(), "cpu_count": os.cpu_count(), "note": args.note,
         "rain": {"preset": "hh", "num_candidates": args.num_candidates, "set_lengths": args.set_lengths,

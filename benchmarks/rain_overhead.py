@@ -257,7 +257,8 @@ def print_table(res: dict) -> None:
     print(f"{'rain (engine)':<16}{med['rain_engine']:>10.1f}{eng['tokens_forwarded']:>12}{eng['forward_calls']:>11}{new:>12}")
     if ree is not None:
         new_r = sum(p["tokens"] for p in ree["prompts"])
-        print(f"{'rain (reencode)':<16}{med['rain_reencode']:>10.1f}{ree['tokens_forwarded']:>12}{ree['forward_calls']:>11}{new_r:>12}")
+        print(f"{'rain (reencode)':<16}{med['rain_reencode']:>10.1f}{ree['tokens_forwarded']:>12}"
+              f"{ree['forward_calls']:>11}{new_r:>12}")
     print(f"{'plain generate':<16}{med['plain']:>10.2f}{'':>12}{'':>11}{sum(p['tokens'] for p in plain['prompts']):>12}")
     r = res["ratios"]
     print(f"(a) RAIN on engine / plain generation, wall: {r['a_time_rain_over_plain']:.1f}x  (paper: ~4x on LLaMA-30B)")

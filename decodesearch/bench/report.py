@@ -48,7 +48,8 @@ def _ks(n: int) -> list[int]:
     return ks
 
 
-def correction_pairs(record: dict, kind: str = "math", mode: str = "consecutive", timeout_s: float | None = CHECK_TIMEOUT_S) -> list[tuple[bool, bool]]:
+def correction_pairs(record: dict, kind: str = "math", mode: str = "consecutive",
+                     timeout_s: float | None = CHECK_TIMEOUT_S) -> list[tuple[bool, bool]]:
     """``(correct_before, correct_after)`` pairs of one record's samples, for CL/CS/RSS.
 
     A sample's stages are its answers before each trigger, then its final answer; their

@@ -447,8 +447,8 @@ def merge_shards(
     else ValueError naming the shard and the differing keys. ``path`` is opened with
     ``open_results`` (so an existing file with the same config is resumed: ids already in it
     are not added again, except over a record with an ``error``); a record id present in several
-    shards is taken once, from the lowest rank. Records are appended in ``order`` (a list of ids; others after, in shard order) or in
-    shard order. Partial last lines in shards are ignored. With ``remove``, shard files are
+    shards is taken once, from the lowest rank. Records are appended in ``order`` (a list of ids;
+    others after, in shard order) or in shard order. Partial last lines in shards are ignored. With ``remove``, shard files are
     deleted after the merge is on disk.
     """
     path = Path(path)

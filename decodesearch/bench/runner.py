@@ -1,14 +1,14 @@
 """Run a strategy over a dataset into a resumable results file (`decodesearch bench`).
 
 The problems run concurrently on one engine (`Strategy.stream`: continuous batching, the next
-problem starts as soon as one finishes). Each finished problem is appended and fsynced at once,
-so an interrupted run loses nothing and a rerun of the same command skips the finished ids. A
-problem whose search raised is recorded with its id and error (`"error"`, not correct; one line on
-stderr names it) and the others go on; a rerun skips it like any finished problem unless
-`retry_errors` (`bench --retry-errors`), whose new record supersedes the error. Problem i of the dataset is seeded `derive_seed(seed, i)` whatever the
-concurrency, the sharding or the resume point. Under `accelerate launch` (more than one
-process), problems are dealt round-robin to ranks, each rank writes its own shard
-(`run.rank{i}.jsonl`) and rank 0 merges the shards into the requested file.
+problem starts as soon as one finishes). Each finished problem is appended and fsynced at once, so
+an interrupted run loses nothing and a rerun of the same command skips the finished ids. A problem
+whose search raised is recorded with its id and error (`"error"`, not correct; one line on stderr
+names it) and the others go on; a rerun skips it like any finished problem unless `retry_errors`
+(`bench --retry-errors`), whose new record supersedes the error. Problem i of the dataset is seeded
+`derive_seed(seed, i)` whatever the concurrency, the sharding or the resume point. Under `accelerate
+launch` (more than one process), problems are dealt round-robin to ranks, each rank writes its own
+shard (`run.rank{i}.jsonl`) and rank 0 merges the shards into the requested file.
 """
 
 from __future__ import annotations

@@ -383,7 +383,8 @@ class Engine:
         forwards them (with `_forward`) before the next step."""
         bs = [r.branch for r in rows]
         logits = self._logits(bs)
-        picked = sample_rows(logits, [r.sampler for r in rows], [None if r.sampler.greedy else b.generator for r, b in zip(rows, bs)])
+        generators = [None if r.sampler.greedy else b.generator for r, b in zip(rows, bs)]
+        picked = sample_rows(logits, [r.sampler for r in rows], generators)
         chosen_lp = score(logits, picked[:, None].to(logits.device), check_ids=False)[1][:, 0].tolist()
         scored = [i for i, r in enumerate(rows) if r.score_under is not None]
         if scored:

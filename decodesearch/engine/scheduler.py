@@ -9,12 +9,12 @@ token in one pass (each with its own sampler and stop rule), and those tokens, e
 `extend` and every waiting `prefill` are forwarded together (one forward for the 1-token rows, one
 ragged forward for the longer ones, so a long prompt does not pad every decode row to its length).
 
-Admission: each search declares its peak rows (`Job.rows`) and longest branch (`Job.cols`); a
-search starts only when the declared peaks of those in flight and its own fit in `max_rows` and
-(rows x longest branch) in `max_kv_bytes`, and the next one starts as soon as one finishes. A search that asks for more rows than are free waits while any other search can
-still move; when every search in flight waits for rows, the newest waiting one gets a
-`CapacityError`. A job whose declaration alone exceeds `max_rows` or `max_kv_bytes` fails at once
-with `CapacityError` naming the limit.
+Admission: each search declares its peak rows (`Job.rows`) and longest branch (`Job.cols`); a search
+starts only when the declared peaks of those in flight and its own fit in `max_rows` and (rows x
+longest branch) in `max_kv_bytes`, and the next one starts as soon as one finishes. A search that
+asks for more rows than are free waits while any other search can still move; when every search in
+flight waits for rows, the newest waiting one gets a `CapacityError`. A job whose declaration alone
+exceeds `max_rows` or `max_kv_bytes` fails at once with `CapacityError` naming the limit.
 
 Faults stay local: an exception in a search ends that search only; its branches are released and
 the exception is reported for its job. Results do not depend on how many searches share a step:

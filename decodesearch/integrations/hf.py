@@ -73,14 +73,15 @@ def hf(strategy: str | Strategy, tokenizer=None, *, engine: Engine | None = None
     """A callable for `model.generate(**inputs, custom_generate=hf(strategy, tokenizer))`.
 
     Each input row (left or right padding, read from `attention_mask`) is used as already-formatted
-    prompt ids, and the rows are searched concurrently on one engine. Returns `sequences` `[B, prompt + new]` (each row's input followed by the chosen
-    sample's tokens, right-padded with the pad id); with `return_dict_in_generate=True`, a
-    `SearchGenerateOutput` whose `results` hold the traces. `tokenizer` may instead be passed to
-    `generate(tokenizer=...)`. Sampling and stopping come from the strategy (its `sampler`, `stop`);
-    `generate`'s `max_new_tokens` (as a keyword or in a `generation_config`) caps the strategy's
-    `max_tokens` for that call, and sampling settings given to `generate` (`do_sample`,
-    `temperature`, `top_k`, `top_p`, ...) are not used: a warning names them. Each call builds an
-    `Engine` from `engine_kwargs`, unless an `engine` over the same model is passed to reuse.
+    prompt ids, and the rows are searched concurrently on one engine. Returns `sequences` `[B,
+    prompt + new]` (each row's input followed by the chosen sample's tokens, right-padded with the
+    pad id); with `return_dict_in_generate=True`, a `SearchGenerateOutput` whose `results` hold the
+    traces. `tokenizer` may instead be passed to `generate(tokenizer=...)`. Sampling and stopping
+    come from the strategy (its `sampler`, `stop`); `generate`'s `max_new_tokens` (as a keyword or
+    in a `generation_config`) caps the strategy's `max_tokens` for that call, and sampling settings
+    given to `generate` (`do_sample`, `temperature`, `top_k`, `top_p`, ...) are not used: a warning
+    names them. Each call builds an `Engine` from `engine_kwargs`, unless an `engine` over the same
+    model is passed to reuse.
     """
     strat = _strategy(strategy, strategy_kwargs)
 

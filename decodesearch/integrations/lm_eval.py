@@ -34,13 +34,13 @@ Model args (strings from `--model_args`, typed from the strategy constructor's d
   `think_end_token`, ...); loading options (`peft`, `parallelize`, `gguf_file`, ...) are refused.
 
 Per request: the context (already formatted by lm-eval, chat template included when asked) is
-encoded as HFLM encodes it for generation (`tok_batch_encode`, left-truncated to
-`max_length - max_gen_toks`), searched with `strategy.stream` (requests that share a strategy run concurrently), the task's `until` strings (plus
-EOS) stop decoding, the chosen sample's text is cut at the first stop string that is the model's
-own (one inside a text the strategy forced in, such as an IDS trigger "\\n\\nWait, ...", does not
-count: `cut_at_stop`), and `max_gen_toks` is the strategy's `max_tokens`. Loglikelihood requests
-are HFLM's, unchanged. Single process only (the model is passed to HFLM already loaded, so no
-accelerate data parallelism).
+encoded as HFLM encodes it for generation (`tok_batch_encode`, left-truncated to `max_length -
+max_gen_toks`), searched with `strategy.stream` (requests that share a strategy run concurrently),
+the task's `until` strings (plus EOS) stop decoding, the chosen sample's text is cut at the first
+stop string that is the model's own (one inside a text the strategy forced in, such as an IDS
+trigger "\\n\\nWait, ...", does not count: `cut_at_stop`), and `max_gen_toks` is the strategy's
+`max_tokens`. Loglikelihood requests are HFLM's, unchanged. Single process only (the model is passed
+to HFLM already loaded, so no accelerate data parallelism).
 """
 
 from __future__ import annotations

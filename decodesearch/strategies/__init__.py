@@ -21,6 +21,7 @@ def make_strategy(name: str, **kwargs) -> Strategy:
 
 
 __all__ = [
-    "BeamSearch", "BestOfN", "BudgetForcing", "DVTS", "Greedy", "IDS", "PromptFormat", "RAIN", "Sample", "SearchResult", "STRATEGIES",
+    "BeamSearch", "BestOfN", "BudgetForcing", "DVTS", "Greedy", "IDS", "PromptFormat", "RAIN", "Sample", "SearchResult",
+    "STRATEGIES",
     "SelfConsistency", "Sampling", "Strategy", "make_strategy",
 ]

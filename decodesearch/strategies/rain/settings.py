@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields
-from typing import Any, Sequence
+from typing import Any
 
 from decodesearch.engine import Sampler, Stop
 from decodesearch.scoring.judge import DEFAULT_CONTEXT_FORMAT
