@@ -28,4 +28,5 @@ run: $(STAMP)
 	$(VENV)/bin/decodesearch demo $(if $(wildcard $(DATA)/math500.jsonl),--data-dir $(DATA))
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
 	TRITON_INTERPRET=1 $(VENV)/bin/pytest -q
