@@ -177,7 +177,7 @@ class RainTree:
                 made.append(None)
                 continue
             seen.add(key)
-            terminal = cand.stop if cand.stop in ("eos", "stop_string", "context") else None
+            terminal = str(cand.stop) if cand.stop in ("eos", "stop_string", "context") else None  # a plain str
             steps = len(cand.tokens) + (cand.stop == "eos")
             logp = cand.logp * cand.limit / steps if cand.stop == "eos" and steps < cand.limit else cand.logp
             child = self.new_child(parent, cand.tokens, math.exp(logp), terminal)
