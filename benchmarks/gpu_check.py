@@ -28,11 +28,6 @@ import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-# Run as a script, this folder leads sys.path, and its kernels.py would shadow the `kernels` package
-# that transformers probes for: drop it (nothing is imported from here).
-if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
-    sys.path.pop(0)
-
 PROMPTS = [
     "The capital of France is",
     "def fibonacci(n):",

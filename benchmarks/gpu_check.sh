@@ -10,7 +10,7 @@
 #   device        GPU name, capability, torch / triton versions
 #   kernel_tests  tests/test_kernels.py on CUDA with compiled Triton (TRITON_INTERPRET=0)
 #   engine        greedy = model.generate and a random-operation parity walk, Qwen2.5-Coder-0.5B bf16 on CUDA
-#   kernels       benchmarks/kernels.py: kv_copy vs a same-bytes device copy and a per-layer loop; score vs
+#   kernels       benchmarks/kernel_speed.py: kv_copy vs a same-bytes device copy and a per-layer loop; score vs
 #                 log_softmax + gather at a 152k vocabulary
 #   throughput    benchmarks/throughput.py on CUDA, 64 problems in flight: greedy / sampling n=4 / IDS n=4,
 #                 engine vs HF generate
@@ -109,7 +109,7 @@ run_stage engine "$(limit engine 120)" "${ENGINE_ENV[@]}" "$PY" benchmarks/gpu_c
     --dtype "$DTYPE" "${ENGINE_ARGS[@]}" --out "$RESULTS/engine.json"
 
 # -------------------------------------------------------------------------------------- 2. kernels
-run_stage kernels "$(limit kernels 75)" "$PY" benchmarks/kernels.py "${SMOKE_FLAG[@]}" --out "$RESULTS/kernels.json"
+run_stage kernels "$(limit kernels 75)" "$PY" benchmarks/kernel_speed.py "${SMOKE_FLAG[@]}" --out "$RESULTS/kernels.json"
 
 # ----------------------------------------------------------------------------------- 3. throughput
 if [ "$SMOKE" = 1 ]; then

@@ -19,14 +19,11 @@ import sys
 import time
 from pathlib import Path
 
-if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
-    sys.path.pop(0)  # this folder's kernels.py would shadow the `kernels` package transformers probes
+import torch
 
-import torch  # noqa: E402
-
-from decodesearch.engine import Engine  # noqa: E402
-from decodesearch.models import load_model  # noqa: E402
-from decodesearch.strategies import Greedy, PromptFormat  # noqa: E402
+from decodesearch.engine import Engine
+from decodesearch.models import load_model
+from decodesearch.strategies import Greedy, PromptFormat
 
 RESULTS = Path(__file__).parent / "results"
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -30,23 +30,17 @@ import argparse
 import json
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
-# Run as a script, this folder leads sys.path and its kernels.py would shadow the `kernels` package
-# transformers probes for: drop it (decodesearch is installed).
-if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
-    sys.path.pop(0)
+import torch
 
-import torch  # noqa: E402
-
-from decodesearch.engine import Engine, Sampler  # noqa: E402
-from decodesearch.engine.scheduler import run_one  # noqa: E402
-from decodesearch.models import load_model  # noqa: E402
-from decodesearch.scoring.judge import SelfJudge, judge_value  # noqa: E402
-from decodesearch.strategies import Greedy, PromptFormat, Sampling  # noqa: E402
-from decodesearch.strategies.rain import RAIN  # noqa: E402
+from decodesearch.engine import Engine, Sampler
+from decodesearch.engine.scheduler import run_one
+from decodesearch.models import load_model
+from decodesearch.scoring.judge import SelfJudge, judge_value
+from decodesearch.strategies import Greedy, PromptFormat, Sampling
+from decodesearch.strategies.rain import RAIN
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "benchmarks" / "results" / "rain_harmlessness.json"

@@ -44,23 +44,18 @@ import argparse
 import json
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-# Run as a script, this folder leads sys.path and its kernels.py would shadow the `kernels` package
-# transformers probes for (as would the repository root's kernels/): drop it; decodesearch is installed.
-if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
-    sys.path.pop(0)
+from decodesearch.engine import Engine, ReencodeEngine
+from decodesearch.models import load_model
+from decodesearch.scoring.embeddings import make_embedder, minilm_available
+from decodesearch.strategies.base import PromptFormat
+from decodesearch.strategies.rain import RAIN
 
-from decodesearch.engine import Engine, ReencodeEngine  # noqa: E402
-from decodesearch.models import load_model  # noqa: E402
-from decodesearch.scoring.embeddings import make_embedder, minilm_available  # noqa: E402
-from decodesearch.strategies.base import PromptFormat  # noqa: E402
-from decodesearch.strategies.rain import RAIN  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 OUT = ROOT / "benchmarks" / "results" / "rain_overhead.json"
 

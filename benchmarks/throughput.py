@@ -28,17 +28,12 @@ import sys
 import time
 from pathlib import Path
 
-# Run as a script, this folder leads sys.path, and its kernels.py would shadow the `kernels` package
-# that transformers probes for: drop it (this script imports nothing from it).
-if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
-    sys.path.pop(0)
+import torch
 
-import torch  # noqa: E402
-
-from decodesearch.bench.datasets import Problem, load_jsonl  # noqa: E402
-from decodesearch.engine import Engine, Sampler  # noqa: E402
-from decodesearch.scoring.answers import check_answer, extract_answer  # noqa: E402
-from decodesearch.strategies import IDS, Greedy, PromptFormat, Sampling, Strategy  # noqa: E402
+from decodesearch.bench.datasets import Problem, load_jsonl
+from decodesearch.engine import Engine, Sampler
+from decodesearch.scoring.answers import check_answer, extract_answer
+from decodesearch.strategies import IDS, Greedy, PromptFormat, Sampling, Strategy
 
 RESULTS = Path(__file__).parent / "results"
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

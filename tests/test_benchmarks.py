@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "kernels.py"
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "kernel_speed.py"
 
 
 def _run(*args):

@@ -1,6 +1,6 @@
 """Benchmark the Triton kernels against plain torch on one CUDA GPU (issue 4).
 
-    python benchmarks/kernels.py
+    python benchmarks/kernel_speed.py
 
 kv_copy: a cache of 32 layers (K and V: 64 tensors), 8 KV heads, head_dim 128, 4096 columns, fp16;
 a fork copies one source row to n = 8 / 32 / 128 destination rows (all 4096 columns). Reported as
@@ -18,7 +18,7 @@ Prints a table and writes benchmarks/results/kernels.json. Without CUDA it says 
 Runs in well under a minute on an H100 (the fork of 128 rows needs about 65 GiB of GPU memory
 and is skipped, and recorded as skipped, where there is less).
 
-    python benchmarks/kernels.py --smoke --out /tmp/kernels_smoke.json
+    python benchmarks/kernel_speed.py --smoke --out /tmp/kernels_smoke.json
 
 runs the same code on CPU under TRITON_INTERPRET=1 at toy sizes (its timings mean nothing): a
 check that the script works before GPU time is spent on it (tests/test_benchmarks.py runs it).
@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         device, sz, name = torch.device("cpu"), SMOKE, "cpu (smoke, TRITON_INTERPRET=1)"
     else:
         if not torch.cuda.is_available():
-            print("benchmarks/kernels.py needs a CUDA GPU and none is available; nothing was run.")
+            print("benchmarks/kernel_speed.py needs a CUDA GPU and none is available; nothing was run.")
             return 0
         os.environ.pop("TRITON_INTERPRET", None)
         device, sz = torch.device("cuda"), Sizes()
