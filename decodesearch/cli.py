@@ -91,8 +91,20 @@ def _args_strategy(parser: argparse.ArgumentParser) -> None:
         g.add_argument("--" + flag.replace("_", "-"), type=kind, default=None)
     _args_model(g)
     g.add_argument("--max-rows", type=int, default=64, help="engine: most live branches (default 64)")
+    g.add_argument("--max-kv-bytes", type=_byte_count, default=None, metavar="BYTES",
+                   help="engine: most bytes of KV store, e.g. 4e9 (default: no bound); searches queue to fit")
     g.add_argument("--concurrency", type=int, default=None,
                    help="most searches (prompts, problems) in flight at once (default: as many as --max-rows admits)")
+
+
+def _byte_count(text: str) -> int:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 1 or not value.is_integer():
+        raise argparse.ArgumentTypeError(f"{text!r} is out of range; accepted: a whole number of bytes >= 1, e.g. 4e9")
+    return int(value)
 
 
 def _args_model(parser) -> None:
@@ -232,7 +244,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     strategy = build_strategy(args.strategy, strategy_options(args))
     check_rows(strategy, args.max_rows)
     model, tokenizer = load(args)
-    engine = Engine(model, tokenizer, max_rows=args.max_rows)
+    engine = Engine(model, tokenizer, max_rows=args.max_rows, max_kv_bytes=args.max_kv_bytes)
     for result in strategy.run(engine, args.prompts, concurrency=args.concurrency):
         print(f"prompt: {result.prompt}")
         print(f"answer: {result.answer}")
@@ -298,7 +310,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     device = args.device if state.num_processes == 1 else "cpu" if state.device.type == "cpu" else str(state.device)
     try:
         model, tokenizer = load(args, device)
-        engine = Engine(model, tokenizer, max_rows=args.max_rows)
+        engine = Engine(model, tokenizer, max_rows=args.max_rows, max_kv_bytes=args.max_kv_bytes)
         run_bench(engine, strategy, problems, args.out, config, rank=state.process_index,
                   world_size=state.num_processes, progress=not args.quiet, concurrency=args.concurrency,
                   retry_errors=args.retry_errors)

@@ -326,3 +326,30 @@ def test_every_package_is_listed_for_the_wheel():
     listed = set(tomllib.loads((root.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     found = {".".join(("decodesearch",) + p.parent.relative_to(root).parts) for p in root.rglob("__init__.py")}
     assert found - listed == set()
+
+
+def test_bench_max_kv_bytes_bounds_the_store_and_searches_queue(tiny_dir, tmp_path, capsys):
+    """--max-kv-bytes reaches the engine: a bound that fits one search at a time still solves every
+    problem (they queue); a bound no search fits records each problem's error naming it; a bound
+    below one row, or a bad value, is one line."""
+    from decodesearch.engine import Engine
+    from decodesearch.models import load_model
+
+    model, tok = load_model(tiny_dir, dtype="float32", device="cpu")
+    cell = Engine(model, tok).cell_bytes
+    rows = [{"id": f"p{i}", "problem": f"What is {i}+{i}?", "answer": str(2 * i)} for i in range(4)]
+    data = _write_jsonl(tmp_path / "d.jsonl", rows)
+    assert _bench(tiny_dir, data, tmp_path / "ok.jsonl", "--max-kv-bytes", str(3 * 64 * cell)) == 0
+    recs = read_results(tmp_path / "ok.jsonl")[1]
+    assert len(recs) == 4 and not any(r.get("error") for r in recs)
+    _bench(tiny_dir, data, tmp_path / "small.jsonl", "--max-kv-bytes", str(20 * cell))
+    recs = read_results(tmp_path / "small.jsonl")[1]
+    assert len(recs) == 4 and all("max_kv_bytes" in r["error"] for r in recs)
+    capsys.readouterr()
+    assert _bench(tiny_dir, data, tmp_path / "tiny.jsonl", "--max-kv-bytes", str(cell)) == 1  # not even a row
+    err = capsys.readouterr().err  # found once the model's size is known (after its load)
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("decodesearch bench: error: CapacityError")
+    assert "max_kv_bytes" in err.strip().splitlines()[-1]
+    with pytest.raises(SystemExit):
+        _bench(tiny_dir, data, tmp_path / "bad.jsonl", "--max-kv-bytes", "lots")
+    assert "--max-kv-bytes" in capsys.readouterr().err

@@ -166,6 +166,9 @@ class Engine:
     ):
         if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1:
             raise ValueError(f"max_rows={max_rows!r} is out of range; accepted: an int >= 1")
+        if max_kv_bytes is not None and (isinstance(max_kv_bytes, bool) or not isinstance(max_kv_bytes, int)
+                                         or max_kv_bytes < 1):
+            raise ValueError(f"max_kv_bytes={max_kv_bytes!r} is out of range; accepted: an int >= 1 (bytes), or None")
         cfg = model.config
         self.model = model
         self.tokenizer = tokenizer
