@@ -301,7 +301,7 @@ def test_local_integer_answers_get_the_integer_check(tiny_dir, tmp_path, kind, e
 
 def test_ctrl_c_says_how_many_records_are_saved(tiny_dir, tmp_path):
     data = _write_jsonl(tmp_path / "d.jsonl", [{"id": str(i), "problem": f"What is {i}+1?", "answer": str(i + 1)}
-                                               for i in range(200)])
+                                               for i in range(2000)])  # far more than runs before the signal
     out = tmp_path / "run.jsonl"
     cmd = [sys.executable, "-m", "decodesearch", "bench", "--model", tiny_dir, "--dataset", data, "--out", str(out),
            "--strategy", "greedy", "--max-tokens", "64", "--dtype", "float32", "--device", "cpu", "--quiet",
@@ -314,6 +314,7 @@ def test_ctrl_c_says_how_many_records_are_saved(tiny_dir, tmp_path):
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     saved = len(read_results(out)[1])
+    assert 2 <= saved < 2000, f"{saved} records: the signal did not land mid-run"
     assert proc.returncode == 130 and "Traceback" not in err, err
     assert f"interrupted; {saved} records saved" in err and "rerun the same command to resume" in err
 
