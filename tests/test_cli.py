@@ -307,7 +307,10 @@ def test_ctrl_c_says_how_many_records_are_saved(tiny_dir, tmp_path):
            "--strategy", "greedy", "--max-tokens", "64", "--dtype", "float32", "--device", "cpu", "--quiet",
            "--concurrency", "1"]
     env = {**_clean_env(), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A job started in the background by a non-interactive shell inherits SIGINT ignored, and Python
+    # then never raises KeyboardInterrupt: restore the default so the child behaves as in a terminal.
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while time.time() < deadline and (not out.exists() or out.read_text().count("\n") < 3):
         time.sleep(0.1)
