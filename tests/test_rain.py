@@ -790,3 +790,19 @@ def test_settings_follow_a_capped_copy_and_the_signature_lists_every_knob(tiny_l
     knobs = set(RainSettings.names()) - {"sampler", "stop", "rollout_sampler"}
     assert knobs <= {k for k, v in opts.items() if v is not None}
     assert opts["preset"] == "str" and opts["evaluator"] == "str" and opts["max_visits"] == "int"
+
+
+def test_path_branches_give_way_when_rows_run_out(tiny_llama):
+    """Branches cached on the current path are evicted (and rebuilt later) when a search runs out of
+    rows, instead of a CapacityError; the result is the same as with rows to spare."""
+    model, tok = tiny_llama
+
+    def make():
+        return RAIN(num_candidates=3, set_lengths=(1, 2), max_tokens=12, rollout_max_tokens=3, max_visits=6,
+                    min_new_searches=3, evaluator=crc_value, embedder=None, max_cached_branches=4, seed=4)
+
+    prompts = ["What is 2+3?", "hi there"]
+    tight = make().run(Engine(model, tok, max_rows=16), prompts)  # raised CapacityError before
+    roomy = make().run(Engine(model, tok, max_rows=128), prompts, concurrency=1)
+    assert [r.samples[0].token_ids for r in tight] == [r.samples[0].token_ids for r in roomy]
+    assert all(r.tokens_generated == 12 for r in tight)

@@ -155,16 +155,22 @@ class RainSearch:
     def _live_nodes(self) -> list[RainNode]:
         return [n for n in self.root.walk() if n.branch is not None]
 
-    def _make_room(self, k: int, pinned: Sequence[RainNode]) -> None:
-        """Evict cached node branches until `k` more rows (plus the evaluator's reserve) fit."""
+    def _make_room(self, k: int, needed: Sequence[RainNode], pinned: Sequence[RainNode] = ()) -> None:
+        """Evict cached node branches until `k` more rows (plus the evaluator's reserve) fit. The
+        branches of `needed` nodes (and the root) are used next and never evicted; those of `pinned`
+        nodes (the current path) are kept while other branches can go, and evicted only when rows
+        run out (a path node's branch can be rebuilt from an ancestor)."""
         limit = self.settings.max_cached_branches
+        hard = {id(n) for n in needed} | {id(self.root)}
+        soft = hard | {id(p) for p in pinned}
         while True:
             live = self._live_nodes()
             rows_free = self.engine.rows_left
             if rows_free >= k + self.reserve and len(live) + k <= max(limit, k + 2):
                 return
-            pins = {id(p) for p in pinned} | {id(self.root)}
-            cand = [n for n in live if id(n) not in pins]
+            cand = [n for n in live if id(n) not in soft]
+            if not cand and rows_free < k + self.reserve:
+                cand = [n for n in live if id(n) not in hard]
             if not cand:
                 if rows_free >= k + self.reserve:
                     return
@@ -188,7 +194,7 @@ class RainSearch:
             return node.branch
         src = next((d for d in node.walk() if d is not node and d.branch is not None), None)
         if src is not None:
-            self._make_room(1, [*pinned, node, src])
+            self._make_room(1, [src], [*pinned, node])
             b = (await self.engine.fork(src.branch, 1))[0]
             self._rewind(b, src.seq_len - node.seq_len)
             self.counters["materialized_by_rewind"] += 1
@@ -196,7 +202,7 @@ class RainSearch:
             anc = node.parent
             while anc.branch is None:
                 anc = anc.parent
-            self._make_room(1, [*pinned, node, anc])
+            self._make_room(1, [anc], [*pinned, node])
             b = (await self.engine.fork(anc.branch, 1))[0]
             ids = self._path_tokens(anc, node)
             if ids:
@@ -290,7 +296,7 @@ class RainSearch:
         if expand == 1:
             self._top_children(node, self.engine.logits([branch])[0], 1)
         else:
-            self._make_room(1, [*pinned, node])
+            self._make_room(1, [node], pinned)
             fork = (await self.engine.fork(branch, 1))[0]
             row = _Row(fork, "sample", expand, derive_seed(node.seed, _ADD + node.added))
             await self._decode_rows([row], self.response_tokens(node))
@@ -327,7 +333,7 @@ class RainSearch:
             if expand == 1:
                 top_logits = engine.logits([branch])[0]  # read before the rollout moves the branch
             else:
-                self._make_room(s.num_candidates, path)
+                self._make_room(s.num_candidates, [leaf], path)
                 forks = await engine.fork(branch, s.num_candidates)
                 for j, f in enumerate(forks):
                     rows.append(_Row(f, "greedy" if j == 0 else "sample", expand, derive_seed(leaf.seed, _EXPAND + j)))
