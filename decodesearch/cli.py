@@ -116,19 +116,13 @@ def _args_model(parser) -> None:
 def _hub_unreachable(timeout_s: float = 3.0) -> str | None:
     """Why the HF hub cannot be reached now (offline mode, no route, no name resolution), or None."""
     import os
-    import socket
-    from urllib.parse import urlparse
+
+    from decodesearch.models import hub_connection_problem
 
     if any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on")
            for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")):
         return "offline mode is set (HF_HUB_OFFLINE)"
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
-    try:
-        socket.create_connection((host, port), timeout=timeout_s).close()
-    except OSError as e:
-        return f"{host}:{port} is unreachable ({e})"
-    return None
+    return hub_connection_problem(timeout_s)
 
 
 def check_model_source(name: str) -> None:

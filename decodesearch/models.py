@@ -182,6 +182,20 @@ def registry_names() -> tuple[str, ...]:
 # Cache folder
 
 
+def hub_connection_problem(timeout_s: float = 3.0) -> str | None:
+    """Why a TCP connection to the HF hub (``$HF_ENDPOINT``) cannot be opened now, or None."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as e:
+        return f"{host}:{port} is unreachable ({e})"
+    return None
+
+
 def cache_dir() -> Path:
     """The cache root (not created): $DECODESEARCH_CACHE, $XDG_CACHE_HOME/decodesearch or ~/.cache/decodesearch."""
     if os.environ.get("DECODESEARCH_CACHE"):

@@ -181,16 +181,9 @@ def _hub_unreachable(timeout_s: float = 3.0) -> str | None:
     flags = (os.environ.get("HF_HUB_OFFLINE", ""), os.environ.get("HF_DATASETS_OFFLINE", ""))
     if any(f.strip().lower() in ("1", "true", "yes", "on") for f in flags):
         return None
-    import socket
-    from urllib.parse import urlparse
+    from decodesearch.models import hub_connection_problem
 
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
-    try:
-        socket.create_connection((host, port), timeout=timeout_s).close()
-    except OSError as e:
-        return f"{host}:{port} is unreachable ({e})"
-    return None
+    return hub_connection_problem(timeout_s)
 
 
 def _field(rec: dict, *names: str):
