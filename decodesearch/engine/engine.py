@@ -77,7 +77,6 @@ class Branch:
         self.seed = seed
         self.stop_reason: StopReason | None = None
         self.released = False
-        self.cached = False  # a prefix-cache entry (held by the engine, never handed to a caller)
         self._forks = 0
         self._generator: torch.Generator | None = None
 
@@ -249,7 +248,7 @@ class Engine:
             b.token_logprobs = [None] * n
             self._rows[row] = b
             if n:
-                self._copy_columns(src, b, n)
+                self._copy_columns(src, [b], n)
                 self.stats.tokens_reused += n
             out.append(b)
             rest.append(ids[n:])
@@ -267,19 +266,20 @@ class Engine:
         except CapacityError:
             return
         entry = Branch(self, row, list(root.tokens), root.length, root.seed)
-        entry.cached = True
         self._rows[row] = entry
-        self._copy_columns(root, entry, root.length)
+        self._copy_columns(root, [entry], root.length)
         for old in cache.insert(entry):
             self._free(old)
         self._note_peaks()
 
-    def _copy_columns(self, src: Branch, dst: Branch, n: int) -> None:
-        """Columns [0, n) of `src`'s row (KV and final hidden states) into `dst`'s row."""
-        self.store.copy_rows([src.row], [dst.row], n)
-        self.hidden[dst.row, :n] = self.hidden[src.row, :n]
-        self.stats.rows_copied += 1
-        self.stats.bytes_copied += n * self.cell_bytes
+    def _copy_columns(self, src: Branch, dsts: list[Branch], n: int) -> None:
+        """Columns [0, n) of `src`'s row (KV and final hidden states) into each of `dsts`' rows (one
+        kv_copy launch)."""
+        rows = [d.row for d in dsts]
+        self.store.copy_rows([src.row] * len(rows), rows, n)
+        self.hidden[torch.tensor(rows, device=self._out_device), :n] = self.hidden[src.row, :n].clone()
+        self.stats.rows_copied += len(rows)
+        self.stats.bytes_copied += len(rows) * n * self.cell_bytes
 
     @torch.no_grad()
     def fork(self, branch: Branch, n: int) -> list[Branch]:
@@ -301,12 +301,7 @@ class Engine:
 
     def _copy_state(self, branch: Branch, children: list[Branch]) -> None:
         """Give each child `branch`'s KV and final hidden states (one kv_copy launch)."""
-        rows, src, ncols = [c.row for c in children], branch.row, branch.length
-        self.store.copy_rows([src] * len(rows), rows, ncols)
-        idx = torch.tensor(rows, device=self._out_device)
-        self.hidden[idx, :ncols] = self.hidden[src, :ncols].clone()
-        self.stats.rows_copied += len(rows)
-        self.stats.bytes_copied += len(rows) * ncols * self.cell_bytes
+        self._copy_columns(branch, children, branch.length)
 
     @torch.no_grad()
     def extend(self, branches: Sequence[Branch], ids_per_branch: Sequence[Sequence[int]]) -> None:
@@ -462,7 +457,7 @@ class Engine:
     @property
     def live_branches(self) -> list[Branch]:
         """The callers' branches (prefix-cache rows not included)."""
-        return [b for b in self._rows if b is not None and not b.cached]
+        return [b for b in self._rows if b is not None and b not in self.prefix_cache]
 
     def _occupied(self) -> list[Branch]:
         """Every branch holding a row, prefix-cache entries included, in row order."""
