@@ -444,7 +444,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     paired bootstrap CIs and each problem's answers, and writes results and a plot to --out-dir."""
     from decodesearch.bench.report import compare, plot, summarize
     from decodesearch.bench.results import read_results
-    from decodesearch.bench.runner import run_bench
+    from decodesearch.bench.runner import BenchRun, run_benches
     from decodesearch.engine import Engine
 
     if args.smoke:
@@ -470,8 +470,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     print(f"{len(problems)} level-1 MATH-500 problems ({', '.join(p.id for p in problems)}); every sample may "
-          f"write up to {args.max_tokens} tokens; all problems of a strategy run at once on one engine")
-    runs = []  # (label, options, path, elapsed seconds)
+          f"write up to {args.max_tokens} tokens; runs:")
+    runs = []  # (label, options, path)
+    bench_runs = []
     for label, name, make_opts in DEMO_RUNS:
         opts = make_opts(args.n, args.max_tokens)
         options = {**opts, "max_tokens": args.max_tokens, "seed": 0}
@@ -479,26 +480,29 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         out.unlink(missing_ok=True)  # each demo run starts afresh
         config = {"model": args.model, "dataset": "math500", "strategy": name, "dtype": args.dtype,
                   "options": options, "problems": [p.id for p in problems]}
-        print(f"\n== {label} {opts or ''}", flush=True)
-        t0 = time.perf_counter()
-        run_bench(engine, build_strategy(name, options), problems, str(out), config)
-        runs.append((label, opts, out, time.perf_counter() - t0))
+        print(f"  {label} {opts or ''}")
+        runs.append((label, opts, out))
+        bench_runs.append(BenchRun(build_strategy(name, options), str(out), config))
+    print("all of them at once on one engine (each step forwards the rows of every strategy's searches)", flush=True)
+    t0 = time.perf_counter()
+    run_benches(engine, bench_runs, problems)
+    wall = time.perf_counter() - t0
 
-    summaries = [summarize(path) for _, _, path, _ in runs]
+    summaries = [summarize(path) for _, _, path in runs]
     print(f"\n{args.model} ({model.dtype}, {model.device}), {len(problems)} level-1 MATH-500 problems, "
           f"budget {args.max_tokens} tokens per sample")
-    header = f"{'strategy':<18}{'samples':>8}{'accuracy':>14}{'tokens/problem':>16}{'forced/problem':>16}{'wall s':>9}"
+    header = f"{'strategy':<18}{'samples':>8}{'accuracy':>14}{'tokens/problem':>16}{'forced/problem':>16}"
     print(header + "\n" + "-" * len(header))
-    for (label, opts, path, wall), s in zip(runs, summaries):
+    for (label, opts, path), s in zip(runs, summaries):
         records = read_results(path)[1]
         forced = sum(sum(x.get("tokens_forced") or 0 for x in r.get("samples") or []) for r in records) / max(1, len(records))
         acc = f"{100 * (s['accuracy'] or 0):.0f}% ({s['n_correct']}/{s['n']})"
-        print(f"{label:<18}{opts.get('n', 1):>8}{acc:>14}{s['mean_tokens_generated'] or 0:>16.1f}{forced:>16.1f}{wall:>9.1f}")
+        print(f"{label:<18}{opts.get('n', 1):>8}{acc:>14}{s['mean_tokens_generated'] or 0:>16.1f}{forced:>16.1f}")
     print("tokens/problem: sampled tokens summed over a problem's samples; forced: IDS trigger tokens "
-          "(teacher-forced, not counted as sampled); wall: elapsed time of the strategy's run")
+          f"(teacher-forced, not counted as sampled). The three runs took {wall:.0f} s together.")
 
     print("\npaired accuracy differences (b - a), 95% bootstrap CI over the problems:")
-    paths = {label: path for label, _, path, _ in runs}
+    paths = {label: path for label, _, path in runs}
     for a, b in (("greedy", "self_consistency"), ("greedy", "ids"), ("self_consistency", "ids")):
         c = compare(paths[a], paths[b], n_boot=2000, seed=0)
         lo, hi = c["ci"]
@@ -509,7 +513,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
               "`decodesearch bench` runs more, see README)")
 
     print("\nanswers per problem (gold | greedy | self-consistency votes -> pick | IDS votes -> pick):")
-    by_label = {label: {r["id"]: r for r in read_results(path)[1]} for label, _, path, _ in runs}
+    by_label = {label: {r["id"]: r for r in read_results(path)[1]} for label, _, path in runs}
 
     def cell(r) -> str:
         mark = "+" if r.get("correct") else "-"
@@ -518,9 +522,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         return f"{picks}{r.get('answer')} {mark}"
 
     for p in problems:
-        row = [cell(by_label[label][p.id]) for label, _, _, _ in runs]
+        row = [cell(by_label[label][p.id]) for label, _, _ in runs]
         print(f"  {p.id}  {p.answer} | " + " | ".join(row))
-    print(f"\nwrote {plot([path for _, _, path, _ in runs], out_dir / 'scaling.png')}")
+    print(f"\nwrote {plot([path for _, _, path in runs], out_dir / 'scaling.png')}")
     print(f"results in {out_dir}/ (JSONL, one record per problem with every sample's text); "
           f"`decodesearch compare {out_dir}/self_consistency.jsonl {out_dir}/ids.jsonl` for details")
     print(f"demo done in {time.perf_counter() - t_start:.0f} s")

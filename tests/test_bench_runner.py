@@ -165,3 +165,40 @@ def test_an_errored_problem_is_kept_until_retried(engine, tmp_path, world_size):
     assert sorted(r["id"] for r in recs) == ["p0", "p1", "p2"] and not any(r.get("error") for r in recs)
     assert summarize(out)["errors"] == 0 and all(len(r["samples"]) == 2 for r in recs)
     assert run(retry=True) == 0
+
+
+def _comparable(record):
+    return {k: v for k, v in record.items() if k not in ("wall_s", "tokens_forwarded", "trace")}
+
+
+def test_strategies_run_together_share_steps_and_equal_their_runs_alone(engine, tmp_path):
+    """`run_benches`: greedy, sampling and IDS over the same problems in one scheduler write the same
+    records as each run alone, in fewer forward calls than the three runs one after another."""
+    from decodesearch.bench.runner import BenchRun, run_benches
+    from decodesearch.strategies import Greedy
+
+    problems = load_dataset("arith", limit=3)
+
+    def strategies():
+        return {"greedy": Greedy(max_tokens=6, prompt_format=PLAIN),
+                "sampling": Sampling(n=2, max_tokens=6, prompt_format=PLAIN, seed=0),
+                "ids": IDS(n=2, max_tokens=8, b0=3, prompt_format=PLAIN, seed=1)}
+
+    calls = engine.stats.forward_calls
+    alone = {}
+    for name, strat in strategies().items():
+        run_bench(engine, strat, problems, str(tmp_path / f"alone_{name}.jsonl"), config(strategy=name), progress=False)
+        alone[name] = read_results(tmp_path / f"alone_{name}.jsonl")[1]
+    calls_alone = engine.stats.forward_calls - calls
+
+    calls = engine.stats.forward_calls
+    runs = [BenchRun(strat, str(tmp_path / f"together_{name}.jsonl"), config(strategy=name))
+            for name, strat in strategies().items()]
+    assert run_benches(engine, runs, problems, progress=False) == 9
+    calls_together = engine.stats.forward_calls - calls
+    for name in alone:
+        together = read_results(tmp_path / f"together_{name}.jsonl")[1]
+        assert [r["id"] for r in together] != [] and len(together) == 3
+        assert sorted(map(str, map(_comparable, together))) == sorted(map(str, map(_comparable, alone[name])))
+    assert calls_together < calls_alone
+    assert engine.live_branches == []

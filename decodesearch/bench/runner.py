@@ -1,6 +1,6 @@
-"""Run a strategy over a dataset into a resumable results file (`decodesearch bench`).
+"""Run strategies over a dataset into resumable results files (`decodesearch bench`, the demo).
 
-The problems run concurrently on one engine (`Strategy.stream`: continuous batching, the next
+The problems run concurrently on one engine (`stream_searches`: continuous batching, the next
 problem starts as soon as one finishes). Each finished problem is appended and fsynced at once, so
 an interrupted run loses nothing and a rerun of the same command skips the finished ids. A problem
 whose search raised is recorded with its id and error (`"error"`, not correct; one line on stderr
@@ -8,13 +8,16 @@ names it) and the others go on; a rerun skips it like any finished problem unles
 (`bench --retry-errors`), whose new record supersedes the error. Problem i of the dataset is seeded
 `derive_seed(seed, i)` whatever the concurrency, the sharding or the resume point. Under `accelerate
 launch` (more than one process), problems are dealt round-robin to ranks, each rank writes its own
-shard (`run.rank{i}.jsonl`) and rank 0 merges the shards into the requested file.
+shard (`run.rank{i}.jsonl`) and rank 0 merges the shards into the requested file. Several
+strategies run together (`run_benches`, one file each) share every forward step.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -22,7 +25,7 @@ from decodesearch.bench.datasets import Problem
 from decodesearch.bench.results import merge_shards, open_results, read_results, shard_path
 from decodesearch.engine import Engine, derive_seed
 from decodesearch.scoring.answers import check_answer
-from decodesearch.strategies import SearchResult, Strategy
+from decodesearch.strategies import SearchResult, Strategy, stream_searches
 
 # Config keys that do not change results, so they never block a resume.
 RESUME_IGNORES = ("limit",)
@@ -122,12 +125,25 @@ def check_out(out: str, config: dict, *, rank: int = 0, world_size: int = 1) -> 
         acquire_writer_lock(path).release()
 
 
-def run_bench(
+@dataclass(frozen=True)
+class BenchRun:
+    """One strategy's run over the problems into results file `out` with header `config`."""
+
+    strategy: Strategy
+    out: str
+    config: dict
+
+
+def run_bench(engine: Engine, strategy: Strategy, problems: Sequence[Problem], out: str, config: dict,
+              **kwargs) -> int:
+    """`run_benches` of one strategy."""
+    return run_benches(engine, [BenchRun(strategy, out, config)], problems, **kwargs)
+
+
+def run_benches(
     engine: Engine,
-    strategy: Strategy,
+    runs: Sequence[BenchRun],
     problems: Sequence[Problem],
-    out: str,
-    config: dict,
     *,
     rank: int = 0,
     world_size: int = 1,
@@ -135,49 +151,57 @@ def run_bench(
     concurrency: int | None = None,
     retry_errors: bool = False,
 ) -> int:
-    """Solve each problem not yet in `out` (or this rank's shard of it), `concurrency` at a time
-    (None: as many as the engine's rows admit), and append each record as it finishes; a problem
+    """Solve each problem not yet in a run's `out` (or this rank's shard of it), all runs' searches
+    together on one engine (`stream_searches`: `concurrency` searches at a time, None: as many as
+    the engine's rows admit), and append each record to its run's file as it finishes; a problem
     whose search raises is recorded with its error and the run goes on. With `retry_errors`,
     problems recorded with an error run again. Returns the number of problems solved in this call
-    (errors included). A configuration that differs from the file's header is refused
-    (ValueError naming the keys) before anything runs."""
-    path = out if world_size == 1 else shard_path(out, rank)
-    merged = set()
-    if world_size > 1 and Path(out).exists():  # a resumed sharded run: skip what was merged already
-        merged = {r["id"] for r in read_results(out)[1] if not (retry_errors and r.get("error"))}
-    base = strategy.seed if strategy.seed is not None else engine.seed
-    mine = [(i, p) for i, p in enumerate(problems) if i % world_size == rank and p.id not in merged]
-    mine_ids = {p.id for _, p in mine}
-    solved = 0
-    with open_results(path, config, ignore_keys=RESUME_IGNORES) as results:
-        todo = [(i, p) for i, p in mine if p.id not in results or (retry_errors and p.id in results.errored)]
-        todo_ids = {p.id for _, p in todo}
-        done = [r for r in results.records if r["id"] in mine_ids and r["id"] not in todo_ids]
-        bar = Progress(len(mine), len(done), sum(bool(r.get("correct")) for r in done),
+    over all runs (errors included). A configuration that differs from a file's header is refused
+    (ValueError naming the keys) before anything runs. Each run's records equal those of the run
+    alone."""
+    with contextlib.ExitStack() as stack:
+        groups, todos, files, done_before, total = [], [], [], [], 0
+        for run in runs:
+            path = run.out if world_size == 1 else shard_path(run.out, rank)
+            merged = set()
+            if world_size > 1 and Path(run.out).exists():  # a resumed sharded run: skip what was merged already
+                merged = {r["id"] for r in read_results(run.out)[1] if not (retry_errors and r.get("error"))}
+            strategy = run.strategy
+            base = strategy.seed if strategy.seed is not None else engine.seed
+            mine = [(i, p) for i, p in enumerate(problems) if i % world_size == rank and p.id not in merged]
+            mine_ids = {p.id for _, p in mine}
+            results = stack.enter_context(open_results(path, run.config, ignore_keys=RESUME_IGNORES))
+            todo = [(i, p) for i, p in mine if p.id not in results or (retry_errors and p.id in results.errored)]
+            todo_ids = {p.id for _, p in todo}
+            done_before += [r for r in results.records if r["id"] in mine_ids and r["id"] not in todo_ids]
+            total += len(mine)
+            ids = [strategy.prompt_format.encode(engine.tokenizer, p.problem) for _, p in todo]
+            groups.append(strategy.searches(engine, ids, [p.problem for _, p in todo],
+                                            [derive_seed(base, i) for i, _ in todo]))
+            todos.append(todo)
+            files.append(results)
+        bar = Progress(total, len(done_before), sum(bool(r.get("correct")) for r in done_before),
                        label=f"rank {rank} " if world_size > 1 else "") if progress else None
-        ids = [strategy.prompt_format.encode(engine.tokenizer, p.problem) for _, p in todo]
-        stream = strategy.stream(engine, ids, [p.problem for _, p in todo],
-                                 seeds=[derive_seed(base, i) for i, _ in todo], concurrency=concurrency)
-        try:
-            for f in stream:
-                p = todo[f.index][1]
-                if f.error is not None:
-                    record = error_record(p, f.error, strategy.name)
-                    line = f"problem {p.id!r} failed ({record['error']}); recorded as an error, going on"
-                    if bar:
-                        bar.write(line)
-                    else:
-                        print(line, file=sys.stderr, flush=True)
-                else:
-                    record = to_record(p, f.result)
-                results.append(record)
-                solved += 1
+        if bar:
+            stack.callback(bar.close)
+        stream = stream_searches(engine, groups, concurrency)
+        stack.callback(stream.close)
+        solved = 0
+        for g, f in stream:
+            p = todos[g][f.index][1]
+            if f.error is not None:
+                record = error_record(p, f.error, runs[g].strategy.name)
+                line = f"problem {p.id!r} failed ({record['error']}); recorded as an error, going on"
                 if bar:
-                    bar.update(record["correct"], record["tokens_generated"], len(engine.live_branches))
-        finally:
-            stream.close()
+                    bar.write(line)
+                else:
+                    print(line, file=sys.stderr, flush=True)
+            else:
+                record = to_record(p, f.result)
+            files[g].append(record)
+            solved += 1
             if bar:
-                bar.close()
+                bar.update(record["correct"], record["tokens_generated"], len(engine.live_branches))
     return solved
 
 

@@ -1,6 +1,6 @@
 """Search strategies (docs/design.md §4), one file each, all on the engine; `make_strategy` by name."""
 
-from decodesearch.strategies.base import PromptFormat, Sample, SearchResult, Strategy
+from decodesearch.strategies.base import PromptFormat, Sample, SearchResult, Searches, Strategy, stream_searches
 from decodesearch.strategies.beam_search import BeamSearch
 from decodesearch.strategies.budget_forcing import BudgetForcing
 from decodesearch.strategies.dvts import DVTS
@@ -22,6 +22,5 @@ def make_strategy(name: str, **kwargs) -> Strategy:
 
 __all__ = [
     "BeamSearch", "BestOfN", "BudgetForcing", "DVTS", "Greedy", "IDS", "PromptFormat", "RAIN", "Sample", "SearchResult",
-    "STRATEGIES",
-    "SelfConsistency", "Sampling", "Strategy", "make_strategy",
+    "Searches", "STRATEGIES", "SelfConsistency", "Sampling", "Strategy", "make_strategy", "stream_searches",
 ]

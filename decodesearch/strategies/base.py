@@ -168,6 +168,12 @@ class Strategy:
         """Search every prompt concurrently; yield a `Finished` per prompt as it ends (its `result` a
         `SearchResult`, or its `error`). `seeds[i]` is prompt i's root seed (default:
         `derive_seed(self.seed or engine.seed, i)`)."""
+        for _, f in stream_searches(engine, [self.searches(engine, ids, prompts, seeds)], concurrency):
+            yield f
+
+    def searches(self, engine: Engine, ids: Sequence[Sequence[int]], prompts: Sequence[str] | None = None,
+                 seeds: Sequence[int] | None = None) -> Searches:
+        """This strategy's searches of `ids` (see `stream`), to run with others in `stream_searches`."""
         prompts = list(prompts) if prompts is not None else [engine.tokenizer.decode(list(x)) for x in ids]
         if len(prompts) != len(ids):
             raise ValueError(f"prompts has {len(prompts)} entries; expected one per ids ({len(ids)})")
@@ -180,12 +186,7 @@ class Strategy:
         jobs = [Job(lambda ctx, x=list(x), p=p, s=int(s): self.solve(ctx, x, p, s), rows,
                     self.peak_cols(engine.tokenizer, len(x)))
                 for x, p, s in zip(ids, prompts, seeds)]
-        with self.session(engine):
-            for f in Scheduler(engine, concurrency).run(jobs):
-                if f.result is not None:
-                    f.result.tokens_forwarded = f.stats.tokens_forwarded
-                    f.result.wall_s = f.wall_s
-                yield f
+        return Searches(self, jobs)
 
     def shared_judge(self):
         """The evaluator or scorer whose prefix all searches of a run share (it has `prepare(engine)`
@@ -226,6 +227,34 @@ class Strategy:
             strategy=self.name,
             token_ids=list(chosen.token_ids),
         )
+
+
+@dataclass
+class Searches:
+    """One strategy's searches (`Strategy.searches`): a job per prompt, in prompt order."""
+
+    strategy: Strategy
+    jobs: list[Job]
+
+
+def stream_searches(engine: Engine, groups: Sequence[Searches], concurrency: int | None = None
+                    ) -> Iterator[tuple[int, Finished]]:
+    """Run the searches of several strategies together on `engine`: one `Scheduler`, so every step
+    forwards the rows of all of them at once. Yields `(group index, Finished)` as each search ends,
+    the `Finished.index` counting within its group. Each strategy's shared judge prefix is prefilled
+    once for the whole run (`Strategy.session`). Results equal those of each group run alone."""
+    owner = [(g, i) for g, group in enumerate(groups) for i in range(len(group.jobs))]
+    jobs = [job for group in groups for job in group.jobs]
+    with contextlib.ExitStack() as sessions:
+        for group in groups:
+            sessions.enter_context(group.strategy.session(engine))
+        for f in Scheduler(engine, concurrency).run(jobs):
+            g, i = owner[f.index]
+            f.index = i
+            if f.result is not None:
+                f.result.tokens_forwarded = f.stats.tokens_forwarded
+                f.result.wall_s = f.wall_s
+            yield g, f
 
 
 def model_text(branch: Branch) -> str:
