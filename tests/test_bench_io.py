@@ -341,9 +341,33 @@ def test_summarize_hand_computed(tmp_path):
     assert sc["cl"] == pytest.approx((1 / 3) / (4 / 3))
     assert sc["cs"] == pytest.approx((1 / 3) / (2 / 3))
     assert sc["n_pairs"] == 4 and sc["n_questions"] == 2
+    # Per trigger index: trigger 0 pairs q0 (F,T),(F,F), q1 (T,F); trigger 1 only q0's (T,T).
+    t0, t1 = s["self_correction_by_trigger"]
+    assert (t0["n_pairs"], t0["acc1"], t0["acc2"]) == (3, pytest.approx((0 + 1) / 2), pytest.approx((1 / 2 + 0) / 2))
+    assert (t1["n_pairs"], t1["n_questions"], t1["acc1"], t1["cl"]) == (1, 1, 1.0, 1.0)
     table = format_summary(s)
     for word in ("accuracy", "50.0% (1/2)", "pass@2", "maj@3", "CL (confidence level)", "RSS", "tokens/s"):
         assert word in table
+
+
+def test_first_k_samples_votes_and_sums_tokens_over_the_first_k():
+    """Self-consistency with k of a run's samples: the vote, the oracle and the tokens of the first k."""
+    from decodesearch.bench.report import first_k_samples
+
+    def s(answer, correct, tokens):
+        return {**sample(answer, correct), "tokens_generated": tokens}
+
+    records = [rec("q0", True, gold="1", samples=[s("2", False, 5), s("1", True, 7), s("1", True, 9)], tokens_generated=21),
+               rec("q1", False, gold="7", samples=[s("7", True, 4)], tokens_generated=4)]
+    two = first_k_samples(records, 2)
+    assert [r["id"] for r in two] == ["q0"]  # q1 has one sample only
+    assert two[0]["correct"] is False and two[0]["tokens_generated"] == 12  # tie "2" vs "1": first wins
+    assert first_k_samples(records, 2, rule="oracle")[0]["correct"] is True
+    three = first_k_samples(records, 3)[0]
+    assert three["correct"] is True and three["tokens_generated"] == 21 and len(three["samples"]) == 3
+    assert summarize(first_k_samples(records, 1))["accuracy"] == 0.5
+    with pytest.raises(ValueError, match="rule"):
+        first_k_samples(records, 1, rule="best")
 
 
 def test_summarize_weighted_at_k(tmp_path):

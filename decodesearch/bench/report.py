@@ -11,7 +11,8 @@ from decodesearch.bench.results import read_results
 from decodesearch.scoring.answers import CHECK_TIMEOUT_S, check_answer, normalize_answer
 from decodesearch.scoring.metrics import maj_at_k, mean_pass_at_k, self_correction_metrics, weighted_at_k
 
-__all__ = ["summarize", "format_summary", "print_summary", "compare", "format_compare", "plot", "correction_pairs"]
+__all__ = ["summarize", "format_summary", "print_summary", "compare", "format_compare", "plot", "correction_pairs",
+           "first_k_samples"]
 
 #: A run: a results-file path, a ``(config, records)`` pair, or a list of records.
 Run = Union[str, os.PathLike, tuple, list]
@@ -49,7 +50,7 @@ def _ks(n: int) -> list[int]:
 
 
 def correction_pairs(record: dict, kind: str = "math", mode: str = "consecutive",
-                     timeout_s: float | None = CHECK_TIMEOUT_S) -> list[tuple[bool, bool]]:
+                     timeout_s: float | None = CHECK_TIMEOUT_S, trigger: int | None = None) -> list[tuple[bool, bool]]:
     """``(correct_before, correct_after)`` pairs of one record's samples, for CL/CS/RSS.
 
     A sample's stages are its answers before each trigger, then its final answer; their
@@ -57,6 +58,8 @@ def correction_pairs(record: dict, kind: str = "math", mode: str = "consecutive"
     and ``correct``. ``mode="consecutive"``: one pair per trigger (stage t -> stage t+1, each
     trigger is one self-correction round); ``"first_last"``: one pair per sample (before the
     first trigger -> final). Samples without triggers give no pairs. A None answer is wrong.
+    ``trigger=t`` (consecutive mode): only the pair around the t-th trigger (0-based) of each sample
+    that has one.
     """
     if mode not in ("consecutive", "first_last"):
         raise ValueError(f"mode must be 'consecutive' or 'first_last', got {mode!r}")
@@ -72,6 +75,9 @@ def correction_pairs(record: dict, kind: str = "math", mode: str = "consecutive"
         stages = [bool(c) for c in cb] + [bool(s.get("correct"))]
         if mode == "first_last":
             pairs.append((stages[0], stages[-1]))
+        elif trigger is not None:
+            if trigger < len(before):
+                pairs.append((stages[trigger], stages[trigger + 1]))
         else:
             pairs.extend(zip(stages[:-1], stages[1:]))
     return pairs
@@ -96,7 +102,8 @@ def summarize(
     ``mean_wall_s``, ``tokens_per_s`` (tokens generated / wall seconds), and
     ``self_correction`` (dict acc1, acc2, cl, cs, rss, n_questions, n_pairs; None when no
     sample has ``answers_before_triggers``; see ``correction_pairs`` and
-    ``self_correction_metrics``). Undefined values are None.
+    ``self_correction_metrics``) and ``self_correction_by_trigger`` (the same per trigger index:
+    the pairs around trigger 0, 1, ...; empty without triggers). Undefined values are None.
     """
     name, config, records = _load(run)
     n = len(records)
@@ -151,8 +158,36 @@ def summarize(
     if has_triggers:
         pairs = [correction_pairs(r, default_kind, pairs_mode) for r in records]
         out["self_correction"] = self_correction_metrics(pairs).as_dict()
+        most = max(len(s.get("answers_before_triggers") or []) for r in records for s in (r.get("samples") or []))
+        out["self_correction_by_trigger"] = [
+            self_correction_metrics([correction_pairs(r, default_kind, trigger=t) for r in records]).as_dict()
+            for t in range(most)]
     else:
         out["self_correction"] = None
+        out["self_correction_by_trigger"] = []
+    return out
+
+
+def first_k_samples(run: Run, k: int, rule: str = "majority", vote_key: Callable[[Any], Any] | None = normalize_answer
+                    ) -> list[dict]:
+    """The records the run would have had with only each problem's first ``k`` samples: ``samples``
+    and ``tokens_generated`` cut to them, and ``correct`` decided by ``rule``: ``"majority"`` (the
+    vote of `maj_at_k`: self-consistency with k samples) or ``"oracle"`` (any of them correct: pass@k,
+    which no strategy can pick). For a test-time-scaling curve at matched tokens from one run with
+    many samples. Records with fewer than ``k`` samples are left out."""
+    if rule not in ("majority", "oracle"):
+        raise ValueError(f"rule={rule!r} is out of range; accepted: 'majority' or 'oracle'")
+    _, _, records = _load(run)
+    out = []
+    for r in records:
+        samples = (r.get("samples") or [])[:k]
+        if k < 1 or len(samples) < k:
+            continue
+        correct = [bool(s.get("correct")) for s in samples]
+        hit = any(correct) if rule == "oracle" else maj_at_k([s.get("answer") for s in samples], correct, k, key=vote_key)
+        out.append({**r, "samples": samples, "correct": hit,
+                    "tokens_generated": sum(s.get("tokens_generated") or 0 for s in samples),
+                    "strategy": f"{r.get('strategy')} ({'majority' if rule == 'majority' else 'pass@k, oracle'})"})
     return out
 
 
