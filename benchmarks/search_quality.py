@@ -17,11 +17,16 @@ strategies' default chat prompt, sampling at T=0.7 / top-p 0.95 where a strategy
   less 8 (min_thinking_tokens = max_thinking_tokens; "Wait" forced at each early end), then the
   answer cue and at most 16 answer tokens.
 
-Equal tokens: IDS is compared with self-consistency at the k whose mean generated tokens per
-problem is nearest IDS's (the ratio is reported; the issue asks for within 10%), and budget
+`--suite step` (issue 16) runs instead, beside the same sampling run (its file is shared, so it is
+not run twice): best-of-N by mean log-prob with `--n` samples, and step-level beam search and DVTS
+(`--n` beams, beam width 2, steps split at "\n\n", at most `--budget` tokens per beam) each with the
+log-prob and the self-judge step scorer (the model judges its own last step).
+
+Equal tokens: each strategy is compared with self-consistency at the k whose mean generated tokens
+per problem is nearest its own (the ratio is reported; the issue asks for within 10%), and budget
 forcing is matched to IDS by construction. Accuracy differences are paired over problems with
 95% bootstrap CIs (`compare`). IDS's self-correction metrics (CL, CS, RSS; arXiv 2412.19513) are
-reported per trigger index. The first three strategies run together on one engine (`run_benches`),
+reported per trigger index. The strategies of a suite run together on one engine (`run_benches`),
 budget forcing after them (its budget depends on IDS's tokens). Results files (one JSONL per
 strategy, resumable: a rerun continues) go to `--out-dir`; the summary is printed, written as
 JSON to `--out`, and drawn as accuracy over tokens to `--png`.
@@ -46,7 +51,7 @@ from decodesearch.bench.results import read_results
 from decodesearch.bench.runner import BenchRun, run_benches
 from decodesearch.engine import Engine, Sampler
 from decodesearch.models import load_model
-from decodesearch.strategies import IDS, BudgetForcing, Greedy, Sampling
+from decodesearch.strategies import DVTS, IDS, BeamSearch, BestOfN, BudgetForcing, Greedy, Sampling
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -66,6 +71,8 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--device", default="cpu")
     p.add_argument("--data-dir", default=os.environ.get("DECODESEARCH_DATA", str(DATA)))
+    p.add_argument("--suite", default="ids", choices=["ids", "step"],
+                   help="ids: greedy, IDS, budget forcing (issue 12); step: best-of-N, beam search, DVTS (issue 16)")
     p.add_argument("--levels", default="1", help="comma-separated MATH-500 levels (default 1: its 43 problems)")
     p.add_argument("--limit", type=int, default=None, help="first N problems of those levels only")
     p.add_argument("--budget", type=int, default=256, help="most sampled tokens of one sample (default 256)")
@@ -75,9 +82,11 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--note", default="", help="free text recorded in the JSON (e.g. machine load)")
     p.add_argument("--out-dir", type=Path, default=RESULTS / "search_quality")
-    p.add_argument("--out", type=Path, default=RESULTS / "search_quality.json")
-    p.add_argument("--png", type=Path, default=RESULTS / "search_quality.png")
+    p.add_argument("--out", type=Path, default=None, help="default benchmarks/results/search_quality[_step].json")
+    p.add_argument("--png", type=Path, default=None, help="default: --out with .png")
     args = p.parse_args(argv)
+    args.out = args.out or RESULTS / ("search_quality.json" if args.suite == "ids" else "search_quality_step.json")
+    args.png = args.png or args.out.with_suffix(".png")
     for name in ("budget", "n", "samples", "max_rows"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} {getattr(args, name)} is out of range; accepted: an int >= 1")
@@ -90,33 +99,50 @@ def main(argv=None) -> int:
                             "levels": sorted(levels), "problems": [q.id for q in problems]}
     ids_options = {"n": args.n, "b0": max(1, b // 4), "gamma": 2.0, "schedule": "budget", "align": "line",
                    "align_max_tokens": 16, "max_tokens": b, "seed": args.seed}
-    strategies = {
-        "greedy": (Greedy(max_tokens=b), {"max_tokens": b}),
-        "sampling": (Sampling(n=args.samples, max_tokens=b, sampler=SAMPLER, seed=args.seed),
-                     {"n": args.samples, "max_tokens": b, "seed": args.seed, "temperature": 0.7, "top_p": 0.95}),
-        "ids": (IDS(sampler=SAMPLER, **ids_options), {**ids_options, "temperature": 0.7, "top_p": 0.95}),
-    }
+    sampling = {"temperature": 0.7, "top_p": 0.95}
+    strategies = {"sampling": (Sampling(n=args.samples, max_tokens=b, sampler=SAMPLER, seed=args.seed),
+                               {"n": args.samples, "max_tokens": b, "seed": args.seed, **sampling})}
+    if args.suite == "ids":
+        strategies["greedy"] = (Greedy(max_tokens=b), {"max_tokens": b})
+        strategies["ids"] = (IDS(sampler=SAMPLER, **ids_options), {**ids_options, **sampling})
+    else:
+        bon = {"n": args.n, "max_tokens": b, "seed": args.seed}
+        strategies["best_of_n"] = (BestOfN(sampler=SAMPLER, **bon), {**bon, **sampling})
+        for cls in (BeamSearch, DVTS):
+            for scorer in ("logprob", "self_judge"):
+                opts = {"n": args.n, "beam_width": 2, "scorer": scorer, "max_tokens": b, "seed": args.seed}
+                strategies[f"{cls.name}_{scorer}"] = (cls(**opts), opts)  # their default sampler: T=0.8
     path = {name: args.out_dir / f"{name}.jsonl" for name in (*strategies, "budget_forcing")}
     print(f"{len(problems)} problems (levels {sorted(levels)}), {args.model} {args.dtype}, "
           f"{torch.get_num_threads()} threads", flush=True)
     t0 = time.perf_counter()
     run_benches(engine, [BenchRun(s, str(path[name]), {**base, "strategy": name, "options": opts})
                          for name, (s, opts) in strategies.items()], problems)
-    wall_together = time.perf_counter() - t0
-    ids_tokens = summarize(path["ids"])["mean_tokens_generated"]
-    think = max(1, round(ids_tokens) - 8)  # about 8 answer tokens follow the cue "\boxed{"
-    bf_options = {"min_thinking_tokens": think, "max_thinking_tokens": think, "num_ignore": 0, "max_answer_tokens": 16}
-    t0 = time.perf_counter()
-    run_benches(engine, [BenchRun(BudgetForcing(**bf_options), str(path["budget_forcing"]),
-                                  {**base, "strategy": "budget_forcing", "options": bf_options})], problems)
-    wall_bf = time.perf_counter() - t0
+    wall = {"together": time.perf_counter() - t0}
+    bf_options = None
+    if args.suite == "ids":
+        ids_tokens = summarize(path["ids"])["mean_tokens_generated"]
+        think = max(1, round(ids_tokens) - 8)  # about 8 answer tokens follow the cue "\\boxed{"
+        bf_options = {"min_thinking_tokens": think, "max_thinking_tokens": think, "num_ignore": 0,
+                      "max_answer_tokens": 16}
+        t0 = time.perf_counter()
+        run_benches(engine, [BenchRun(BudgetForcing(**bf_options), str(path["budget_forcing"]),
+                                      {**base, "strategy": "budget_forcing", "options": bf_options})], problems)
+        wall["budget_forcing"] = time.perf_counter() - t0
 
     # Self-consistency and pass@k with the first k samples of the sampling run.
     sc = {k: first_k_samples(path["sampling"], k) for k in range(1, args.samples + 1)}
     oracle = {k: first_k_samples(path["sampling"], k, rule="oracle") for k in range(1, args.samples + 1)}
-    k_eq = min(sc, key=lambda k: abs(summarize(sc[k])["mean_tokens_generated"] - ids_tokens))
-    runs = {"greedy": path["greedy"], **{f"self-consistency k={k}": sc[k] for k in sc},
-            "ids": path["ids"], "budget_forcing": path["budget_forcing"]}
+
+    def tokens(run) -> float:
+        return summarize(run)["mean_tokens_generated"]
+
+    def nearest_k(run) -> int:  # the self-consistency k at the nearest mean tokens per problem
+        return min(sc, key=lambda k: abs(tokens(sc[k]) - tokens(run)))
+
+    searched = ["ids", "budget_forcing"] if args.suite == "ids" else [n for n in strategies if n != "sampling"]
+    runs = {**({"greedy": path["greedy"]} if args.suite == "ids" else {}),
+            **{f"self-consistency k={k}": sc[k] for k in sc}, **{n: path[n] for n in searched}}
     rows = []
     for label, run in runs.items():
         s = summarize(run)
@@ -126,45 +152,44 @@ def main(argv=None) -> int:
                      "mean_tokens_generated": s["mean_tokens_generated"], "mean_tokens_forced": forced,
                      "pass_at_k_oracle": (summarize(oracle[int(label.split("=")[1])])["accuracy"]
                                           if label.startswith("self-consistency") else None)})
-    pairs = [("greedy", "ids"), (f"self-consistency k={k_eq}", "ids"), ("budget_forcing", "ids"),
-             ("greedy", f"self-consistency k={k_eq}"), ("greedy", "budget_forcing")]
+    pairs = [(f"self-consistency k={nearest_k(runs[n])}", n) for n in searched]
+    if args.suite == "ids":
+        pairs += [("greedy", "ids"), ("budget_forcing", "ids"), ("greedy", "budget_forcing")]
     diffs = []
     for a, b_ in pairs:
         c = compare(runs[a], runs[b_], n_boot=10_000, seed=0)
-        diffs.append({"a": a, "b": b_, "diff": c["diff"], "ci95": c["ci"], "n": c["n_common"]})
-    ids_summary = summarize(path["ids"])
+        diffs.append({"a": a, "b": b_, "diff": c["diff"], "ci95": c["ci"], "n": c["n_common"],
+                      "tokens_b_over_a": tokens(runs[b_]) / tokens(runs[a])})
+    ids_summary = summarize(path["ids"]) if args.suite == "ids" else None
     report = {
         "model": args.model, "dtype": args.dtype, "device": args.device, "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(), "machine": platform.machine(), "torch": torch.__version__,
         "git": subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip(),
-        "command": " ".join(sys.argv), "note": args.note, "levels": sorted(levels), "problems": len(problems),
-        "budget_per_sample": b, "ids_options": ids_options, "budget_forcing_options": bf_options,
-        "sampler": {"temperature": 0.7, "top_p": 0.95}, "wall_s": {"greedy+sampling+ids": wall_together,
-                                                                   "budget_forcing": wall_bf},
-        "equal_tokens": {"ids_mean_tokens": ids_tokens, "self_consistency_k": k_eq,
-                         "sc_over_ids_tokens": summarize(sc[k_eq])["mean_tokens_generated"] / ids_tokens,
-                         "bf_over_ids_tokens": summarize(path["budget_forcing"])["mean_tokens_generated"] / ids_tokens},
-        "rows": rows, "paired_differences": diffs,
-        "ids_self_correction": ids_summary["self_correction"],
-        "ids_self_correction_by_trigger": ids_summary["self_correction_by_trigger"],
+        "command": " ".join(sys.argv), "note": args.note, "suite": args.suite, "levels": sorted(levels),
+        "problems": len(problems), "budget_per_sample": b, "sampler": sampling,
+        "options": {name: opts for name, (_, opts) in strategies.items()},
+        "budget_forcing_options": bf_options, "wall_s": wall, "rows": rows, "paired_differences": diffs,
+        "ids_self_correction": ids_summary and ids_summary["self_correction"],
+        "ids_self_correction_by_trigger": ids_summary and ids_summary["self_correction_by_trigger"],
     }
     print(f"\n{'run':<24}{'accuracy':>16}{'pass@k (oracle)':>17}{'tokens/problem':>16}{'forced/problem':>16}")
     for r in rows:
         acc = f"{100 * r['accuracy']:.1f}% ({r['n_correct']}/{r['problems']})"
         pk = "" if r["pass_at_k_oracle"] is None else f"{100 * r['pass_at_k_oracle']:.1f}%"
         print(f"{r['run']:<24}{acc:>16}{pk:>17}{r['mean_tokens_generated']:>16.1f}{r['mean_tokens_forced']:>16.1f}")
-    print(f"\nequal tokens: self-consistency k={k_eq} uses {report['equal_tokens']['sc_over_ids_tokens']:.2f}x "
-          f"IDS's tokens, budget forcing {report['equal_tokens']['bf_over_ids_tokens']:.2f}x")
-    print("paired accuracy differences (b - a), 95% bootstrap CI over problems:")
+    print("\npaired accuracy differences (b - a), 95% bootstrap CI over problems, and b's tokens over a's:")
     for d in diffs:
-        print(f"  {d['b']} - {d['a']}: {100 * d['diff']:+.1f} pts [{100 * d['ci95'][0]:+.1f}, {100 * d['ci95'][1]:+.1f}]")
-    print("IDS self-correction per trigger index (acc before -> after, CL, CS, RSS, pairs):")
-    for t, m in enumerate(report["ids_self_correction_by_trigger"]):
+        print(f"  {d['b']} - {d['a']}: {100 * d['diff']:+.1f} pts [{100 * d['ci95'][0]:+.1f}, "
+              f"{100 * d['ci95'][1]:+.1f}]  tokens {d['tokens_b_over_a']:.2f}x")
+    if args.suite == "ids":
+        print("IDS self-correction per trigger index (acc before -> after, CL, CS, RSS, pairs):")
+    for t, m in enumerate(report["ids_self_correction_by_trigger"] or []):
         fmt = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
         print(f"  trigger {t}: {fmt(m['acc1'])} -> {fmt(m['acc2'])}  CL {fmt(m['cl'])}  CS {fmt(m['cs'])}  "
               f"RSS {fmt(m['rss'])}  ({m['n_pairs']} pairs)")
-    plot([runs["greedy"], *sc.values(), *oracle.values(), runs["ids"], runs["budget_forcing"]], args.png,
-         labels=["greedy", *[f"k={k}" for k in sc], *[f"k={k}" for k in oracle], "IDS n=4", "budget forcing"],
+    plot([*runs.values(), *oracle.values()], args.png,
+         labels=[*(f"k={n.split('=')[1]}" if n.startswith("self-consistency") else n for n in runs),
+                 *[f"k={k}" for k in oracle]],
          title=f"{args.model} {args.dtype}, MATH-500 level {','.join(map(str, sorted(levels)))} ({len(problems)})")
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out} and {args.png}")
