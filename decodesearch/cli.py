@@ -62,15 +62,22 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------ strategy options (shared)
 
-# CLI flag -> strategy constructor keyword. Only flags the user gives are passed, so each strategy
-# receives just its own options; one that does not apply is a clear error.
-STRATEGY_FLAGS = {
-    "n": int, "b0": int, "gamma": float, "policy": str, "aggregate": str, "trigger_order": str,
-    "trigger_preset": str, "schedule": str, "align": str, "align_max_tokens": int,
-    "beam_width": int, "scorer": str, "delimiter": str, "final": str,
-    "min_thinking_tokens": int, "max_thinking_tokens": int, "num_ignore": int, "ignore": str,
-    "max_answer_tokens": int, "preset": str,
-}
+# Strategy options the CLI sets through its own flags (--max-tokens, --seed, repeatable --trigger).
+OWN_FLAGS = ("max_tokens", "seed", "triggers")
+
+
+def strategy_flags() -> dict[str, list[str]]:
+    """Every option settable as text of any strategy (`decodesearch.options`), mapped to the
+    strategies that take it: one `--flag` each (values are parsed for the chosen strategy)."""
+    from decodesearch.options import options_of
+    from decodesearch.strategies import STRATEGIES
+
+    flags: dict[str, list[str]] = {}
+    for name, cls in STRATEGIES.items():
+        for option in options_of(cls).values():
+            if option.settable and option.name not in OWN_FLAGS:
+                flags.setdefault(option.name, []).append(name)
+    return dict(sorted(flags.items()))
 
 
 def _args_strategy(parser: argparse.ArgumentParser) -> None:
@@ -86,15 +93,18 @@ def _args_strategy(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--trigger", action="append", dest="triggers", help="IDS trigger sentence (repeatable)")
     g.add_argument("--instruction", default=None, help="text appended to each problem (default asks for \\boxed{})")
     g.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
-                   help="any other strategy option, e.g. --opt K=10 (number, bool or text)")
-    for flag, kind in STRATEGY_FLAGS.items():
-        g.add_argument("--" + flag.replace("_", "-"), type=kind, default=None)
+                   help="a strategy option by its constructor name, e.g. --opt max_visits=20 (typed as the "
+                        "option is: a|b for a list, \\n for a newline)")
     _args_model(g)
     g.add_argument("--max-rows", type=int, default=64, help="engine: most live branches (default 64)")
     g.add_argument("--max-kv-bytes", type=_byte_count, default=None, metavar="BYTES",
                    help="engine: most bytes of KV store, e.g. 4e9 (default: no bound); searches queue to fit")
     g.add_argument("--concurrency", type=int, default=None,
                    help="most searches (prompts, problems) in flight at once (default: as many as --max-rows admits)")
+    o = parser.add_argument_group("strategy options", "each applies to the strategies named after it; typed as the "
+                                  "strategy's constructor types it (a|b for a list, \\n for a newline)")
+    for flag, takers in strategy_flags().items():
+        o.add_argument("--" + flag.replace("_", "-"), default=None, metavar="VALUE", help=", ".join(takers))
 
 
 def _byte_count(text: str) -> int:
@@ -163,31 +173,30 @@ def load(args: argparse.Namespace, device: str | None = None):
     return load_model(args.model, dtype=args.dtype, device=device or args.device)
 
 
-def _parse_value(text: str):
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return {"true": True, "false": False}.get(text.lower(), text)
-
-
 def strategy_options(args: argparse.Namespace) -> dict:
-    """The strategy keyword options the user gave (JSON-able; recorded in results headers)."""
-    opts = {k: getattr(args, k) for k in STRATEGY_FLAGS if getattr(args, k) is not None}
+    """The strategy keyword options the user gave, parsed for --strategy (`decodesearch.options`;
+    JSON-able; recorded in results headers). An option the strategy does not take is an error
+    naming it and the options it takes."""
+    from decodesearch.options import parse_options
+    from decodesearch.strategies import STRATEGIES
+
+    if args.strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {args.strategy!r}; choose one of {', '.join(sorted(STRATEGIES))}")
+    given = {k: getattr(args, k) for k in strategy_flags() if getattr(args, k, None) is not None}
     for key in ("max_tokens", "triggers"):
         if getattr(args, key) is not None:
-            opts[key] = getattr(args, key)
+            given[key] = getattr(args, key)
+    for item in args.opt:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--opt {item!r}: expected KEY=VALUE")
+        given[key] = value
+    opts = parse_options(STRATEGIES[args.strategy], given, owner=f"strategy {args.strategy!r}")
     sampler = {k: getattr(args, k) for k in ("temperature", "top_k", "top_p", "min_p") if getattr(args, k) is not None}
     if sampler:
         opts["sampler"] = sampler
     if args.instruction is not None:
         opts["instruction"] = args.instruction
-    for item in args.opt:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--opt {item!r}: expected KEY=VALUE")
-        opts[key] = _parse_value(value)
     opts["seed"] = args.seed
     return opts
 

@@ -148,7 +148,28 @@ def test_strategy_option_errors(capsys):
     assert main(["generate", "--strategy", "ids", "--gamma", "0.5", "x"]) == 1
     assert "gamma=0.5" in capsys.readouterr().err
     assert main(["generate", "--strategy", "sampling", "--b0", "3", "x"]) == 1
-    assert "does not apply to strategy 'sampling'" in capsys.readouterr().err
+    assert "'b0' is not an option of strategy 'sampling'; its options: max_tokens, n, seed" in capsys.readouterr().err
+    assert main(["generate", "--strategy", "ids", "--opt", "gamma=fast", "x"]) == 1
+    assert "gamma='fast' is not accepted; expected float" in capsys.readouterr().err
+
+
+def test_flags_and_opt_are_typed_by_the_strategy_constructor():
+    """One parser for flags and --opt, typed by the chosen strategy's annotations (a list as a|b)."""
+    import argparse
+
+    from decodesearch.cli import _args_strategy, strategy_flags, strategy_options
+
+    flags = strategy_flags()
+    assert flags["beam_width"] == ["beam_search", "dvts"] and "max_visits" in flags and "max_tokens" not in flags
+    parser = argparse.ArgumentParser()
+    _args_strategy(parser)
+    args = parser.parse_args(["--strategy", "ids", "--b0", "8", "--gamma", "3", "--opt", "count_triggers=yes",
+                              "--opt", "triggers=\\nWait|\\nHmm", "--max-tokens", "64"])
+    opts = strategy_options(args)
+    assert opts["b0"] == 8 and opts["gamma"] == 3.0 and type(opts["gamma"]) is float
+    assert opts["count_triggers"] is True and opts["triggers"] == ["\nWait", "\nHmm"] and opts["max_tokens"] == 64
+    rain = strategy_options(parser.parse_args(["--strategy", "rain", "--opt", "set_lengths=1|2", "--max-visits", "9"]))
+    assert rain["set_lengths"] == (1, 2) and rain["max_visits"] == 9
 
 
 def test_ids_options_are_validated_each_on_its_own(capsys):

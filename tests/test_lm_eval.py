@@ -18,7 +18,7 @@ from lm_eval.tasks import TaskManager  # noqa: E402
 
 from decodesearch.engine import Engine, Stop  # noqa: E402
 from decodesearch.integrations import lm_eval as ds_lm_eval  # noqa: E402
-from decodesearch.integrations.lm_eval import DecodeSearchLM, convert_option, cut_at_stop, main  # noqa: E402
+from decodesearch.integrations.lm_eval import DecodeSearchLM, cut_at_stop, main  # noqa: E402
 from decodesearch.strategies import make_strategy  # noqa: E402
 
 TASK = "ds_arith"
@@ -160,7 +160,7 @@ def test_ids_from_model_args_string(tiny_dir, task_dir):
     args = (f"pretrained={tiny_dir},strategy=ids,n=2,b0=2,gamma=2,triggers=\\nWait.|\\nHmm.,"
             "temperature=0.9,top_k=50,seed=0,max_rows=8,dtype=float32")
     lm = get_model("decodesearch").create_from_arg_string(args, {"batch_size": 1, "device": "cpu"})
-    assert lm.strategy_kwargs["triggers"] == ("\nWait.", "\nHmm.")
+    assert lm.strategy_kwargs["triggers"] == ["\nWait.", "\nHmm."]
     assert lm.strategy_kwargs["sampler"].temperature == 0.9 and lm.strategy_kwargs["sampler"].top_k == 50
     [text] = lm.generate_until([_request("Question: What is 9 - 4?\nAnswer:", until=[], max_gen_toks=6)])
     result = lm.last_result
@@ -187,7 +187,7 @@ def test_bad_strategy_name_is_a_clear_error(tiny_dir, task_dir):
     "kwargs, message",
     [
         ({"strategy": "ids", "gama": 2}, r"unknown model arg 'gama' for strategy 'ids'; its options: .*gamma"),
-        ({"strategy": "ids", "n": "four"}, r"model arg n='four': expected an int"),
+        ({"strategy": "ids", "n": "four"}, r"n='four' is not accepted; expected int"),
         ({"strategy": "ids", "max_tokens": 8}, r"'max_tokens' is not accepted: it is set by the task's max_gen_toks"),
         ({"strategy": "best_of_n", "scorer": "x"}, r"'scorer' cannot be given in model_args"),
         ({"strategy": "ids", "peft": "x"}, r"'peft' is not supported"),
@@ -199,26 +199,6 @@ def test_bad_strategy_name_is_a_clear_error(tiny_dir, task_dir):
 def test_bad_options_fail_before_loading(kwargs, message):
     with pytest.raises(ValueError, match=message):
         DecodeSearchLM(pretrained="/nonexistent/never-loaded", **kwargs)
-
-
-@pytest.mark.parametrize(
-    "value, kind, expected",
-    [
-        ("4", "int", 4), (4, "int", 4), (2.0, "int", 2), ("2", "float", 2.0), (2, "float", 2.0),
-        ("true", "bool", True), (False, "bool", False), ("0", "bool", False), (1, "str", "1"),
-        ("a\\nb", "str", "a\nb"), ("x|y", "tuple[str]", ("x", "y")), ("1|2|4", "tuple[int]", (1, 2, 4)),
-        (-1, "tuple[float]", (-1.0,)), ("Wait", "list[str]", ["Wait"]), (None, "int", None),
-    ],
-)
-def test_convert_option(value, kind, expected):
-    got = convert_option("opt", value, kind)
-    assert got == expected and type(got) is type(expected)
-
-
-@pytest.mark.parametrize("value, kind", [("x", "int"), (True, "int"), (2.5, "int"), ("maybe", "bool"), ("x", "float")])
-def test_convert_option_rejects(value, kind):
-    with pytest.raises(ValueError, match="model arg opt="):
-        convert_option("opt", value, kind)
 
 
 def test_cli_main_registers_and_delegates(tiny_dir, task_dir, tmp_path, monkeypatch):

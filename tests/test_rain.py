@@ -776,7 +776,7 @@ def test_settings_follow_a_capped_copy_and_the_signature_lists_every_knob(tiny_l
     """`integrations.hf.capped` lowers `max_tokens` on a shallow copy: the copy's searches stop
     there. lm-eval's model_args parser reads RAIN's signature: every knob and `preset` are in it."""
     from decodesearch.integrations.hf import capped
-    from decodesearch.integrations.lm_eval import strategy_options
+    from decodesearch.options import options_of
     from decodesearch.strategies.rain import RainSettings
 
     model, tok = tiny_llama
@@ -786,10 +786,10 @@ def test_settings_follow_a_capped_copy_and_the_signature_lists_every_knob(tiny_l
     assert short.settings.max_tokens == 3 and rain.settings.max_tokens == 8
     res = short.run(Engine(model, tok, max_rows=24), ["Go"])[0]
     assert res.tokens_generated == 3
-    opts = strategy_options(RAIN)
+    opts = options_of(RAIN)
     knobs = set(RainSettings.names()) - {"sampler", "stop", "rollout_sampler"}
-    assert knobs <= {k for k, v in opts.items() if v is not None}
-    assert opts["preset"] == "str" and opts["evaluator"] == "str" and opts["max_visits"] == "int"
+    assert knobs <= {k for k, v in opts.items() if v.settable}
+    assert opts["preset"].kind is str and opts["evaluator"].kind is str and opts["max_visits"].kind is int
 
 
 def test_path_branches_give_way_when_rows_run_out(tiny_llama):

@@ -15,7 +15,8 @@ ARGS` runs lm-eval's CLI after registering it: the routes where `.pth` hooks do 
 (`python -S`, the source tree on PYTHONPATH instead of an install). From Python you can also build
 `DecodeSearchLM(...)` and pass the instance.
 
-Model args (strings from `--model_args`, typed from the strategy constructor's defaults):
+Model args (strings from `--model_args`, typed by the strategy constructor's annotations, as the
+CLI types its flags: `decodesearch.options`):
 - `pretrained`: a decodesearch registry name, a local folder or a hub id, loaded with
   `decodesearch.models.load_model(pretrained, dtype=dtype, device=device)` (`dtype`, `device`:
   "auto" by default); or, from Python, an already-loaded model (then pass `tokenizer` too).
@@ -56,8 +57,9 @@ from lm_eval.models.huggingface import HFLM
 from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs
 from tqdm import tqdm
 
-from decodesearch.engine import Engine, Stop
+from decodesearch.engine import Engine, Sampler, Stop
 from decodesearch.integrations.lm_eval_plugin import MODEL_NAME
+from decodesearch.options import Option, options_of, parse
 from decodesearch.strategies import STRATEGIES, PromptFormat, SearchResult, Strategy
 
 logger = logging.getLogger(__name__)
@@ -70,100 +72,19 @@ RESERVED = {
     "progress": "lm-eval's progress bar",
     "sampler": "the model args temperature, top_k, top_p, min_p",
 }
-SAMPLER_OPTIONS = {"temperature": "float", "top_k": "int", "top_p": "float", "min_p": "float"}
+SAMPLER_OPTIONS = ("temperature", "top_k", "top_p", "min_p")
 # HFLM options that still mean something when HFLM receives an already-loaded model.
 HFLM_OPTIONS = {
     "backend", "revision", "truncation", "logits_cache", "max_length", "softmax_dtype",
     "mixed_precision_dtype", "batch_size", "max_batch_size", "trust_remote_code", "use_fast_tokenizer",
     "add_bos_token", "prefix_token_id", "think_end_token", "enable_thinking", "chat_template_args",
 }
-_SCALARS = {bool: "bool", int: "int", float: "float", str: "str"}
 
 
 # ------------------------------------------------------------------------------ option parsing
+# Strategy and sampler options are parsed by `decodesearch.options`, as the CLI parses them.
 
-
-def _kind_of(param: inspect.Parameter) -> str | None:
-    """The model_args type of a constructor parameter: bool/int/float/str, `list[...]`/`tuple[...]`
-    of those, or None when it cannot be given as a string (callables, objects)."""
-    default = param.default
-    if type(default) in _SCALARS:
-        return _SCALARS[type(default)]
-    if isinstance(default, (list, tuple)):
-        inner = {_SCALARS.get(type(x)) for x in default}
-        if None in inner:
-            return None
-        elem = "float" if inner == {"int", "float"} else inner.pop() if len(inner) == 1 else "str"
-        return f"{'tuple' if isinstance(default, tuple) else 'list'}[{elem}]"
-    if default is None or default is inspect.Parameter.empty:
-        ann = param.annotation if isinstance(param.annotation, str) else getattr(param.annotation, "__name__", "")
-        parts = {p.strip() for p in str(ann).replace("Optional[", "").rstrip("]").split("|")} - {"None", ""}
-        if len(parts) == 1 and (only := parts.pop()) in _SCALARS.values():
-            return only
-    return None
-
-
-def strategy_options(cls: type[Strategy]) -> dict[str, str | None]:
-    """Constructor options of strategy class `cls` (its own and its bases', nearest wins) mapped to
-    their model_args type (see `_kind_of`; None = not settable from a string)."""
-    out: dict[str, str | None] = {}
-    for klass in cls.__mro__:
-        init = klass.__dict__.get("__init__")
-        if init is None or klass is object:
-            continue
-        for name, p in inspect.signature(init).parameters.items():
-            if name == "self" or p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL) or name in out:
-                continue
-            out[name] = _kind_of(p)
-    return out
-
-
-def _unescape(text: str) -> str:
-    return text.replace("\\n", "\n").replace("\\t", "\t")
-
-
-def convert_option(name: str, value: Any, kind: str) -> Any:
-    """`value` (a string from model_args, or already typed by lm-eval's parser) as type `kind`.
-    Raises ValueError naming the option."""
-    if value is None:
-        return None
-    if kind.endswith("]"):
-        container, elem = kind[:-1].split("[")
-        if isinstance(value, str):
-            items = [v for v in value.split("|") if v != ""]
-        elif isinstance(value, (list, tuple)):
-            items = list(value)
-        else:
-            items = [value]
-        converted = [convert_option(name, v, elem) for v in items]
-        return tuple(converted) if container == "tuple" else converted
-    try:
-        if kind == "bool":
-            if isinstance(value, bool):
-                return value
-            text = str(value).strip().lower()
-            if text in ("true", "1", "yes"):
-                return True
-            if text in ("false", "0", "no"):
-                return False
-            raise ValueError
-        if kind == "int":
-            if isinstance(value, bool):
-                raise ValueError
-            if isinstance(value, float):
-                if not value.is_integer():
-                    raise ValueError
-                return int(value)
-            return int(value) if isinstance(value, int) else int(str(value).strip())
-        if kind == "float":
-            if isinstance(value, bool):
-                raise ValueError
-            return float(value)
-        if kind == "str":
-            return _unescape(value) if isinstance(value, str) else str(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"model arg {name}={value!r}: expected {'an' if kind == 'int' else 'a'} {kind}") from None
-    raise ValueError(f"model arg {name}: unsupported type {kind}")
+MAX_ROWS, MAX_GEN_TOKS = Option("max_rows", int, None, False, 64), Option("max_gen_toks", int, None, False, 256)
 
 
 def usable_device(device: str | None) -> str:
@@ -215,27 +136,27 @@ def split_model_args(strategy: str, kwargs: dict[str, Any]) -> _Split:
     converting types. Raises ValueError for an unknown strategy or an unknown/unsettable option."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(sorted(STRATEGIES))}")
-    options = strategy_options(STRATEGIES[strategy])
+    options = options_of(STRATEGIES[strategy])
+    sampler_options = options_of(Sampler)
     hflm_all = set(inspect.signature(HFLM.__init__).parameters) - {"self", "kwargs"}
     split = _Split({}, {}, {})
     for name, value in kwargs.items():
         if name in RESERVED:
             raise ValueError(f"model arg {name!r} is not accepted: it is set by {RESERVED[name]}")
         if name in options:
-            kind = options[name]
-            if kind is None:
+            if not options[name].settable:
                 raise ValueError(f"strategy option {name!r} cannot be given in model_args (not a string, "
                                  f"number or list); build DecodeSearchLM from Python for it")
-            split.strategy[name] = convert_option(name, value, kind)
+            split.strategy[name] = parse(options[name], value)
         elif name in SAMPLER_OPTIONS:
-            split.sampler[name] = convert_option(name, value, SAMPLER_OPTIONS[name])
+            split.sampler[name] = parse(sampler_options[name], value)
         elif name in HFLM_OPTIONS:
             split.hflm[name] = value
         elif name in hflm_all:
             raise ValueError(f"model arg {name!r} is not supported by the {MODEL_NAME!r} model: it loads the "
                              f"model itself with decodesearch.models.load_model")
         else:
-            settable = sorted(k for k, v in options.items() if v is not None and k not in RESERVED)
+            settable = sorted(k for k, v in options.items() if v.settable and k not in RESERVED)
             raise ValueError(
                 f"unknown model arg {name!r} for strategy {strategy!r}; its options: {', '.join(settable)}; "
                 f"sampler: {', '.join(SAMPLER_OPTIONS)}; model/engine: pretrained, tokenizer, dtype, device, "
@@ -280,8 +201,7 @@ class DecodeSearchLM(HFLM):
     ):
         strategy = str(strategy).strip()
         split = split_model_args(strategy, kwargs)
-        max_rows = convert_option("max_rows", max_rows, "int")
-        max_gen_toks = convert_option("max_gen_toks", max_gen_toks, "int")
+        max_rows, max_gen_toks = parse(MAX_ROWS, max_rows), parse(MAX_GEN_TOKS, max_gen_toks)
         if max_rows is None or max_rows < 1 or max_gen_toks is None or max_gen_toks < 1:
             raise ValueError(f"max_rows={max_rows!r} and max_gen_toks={max_gen_toks!r} must be ints >= 1")
         max_kv_bytes = _parse_bytes(max_kv_bytes)
