@@ -67,7 +67,7 @@ from __future__ import annotations
 import random
 from typing import Callable, Sequence
 
-from decodesearch.engine import Branch, Stop
+from decodesearch.engine import Branch, Stop, StopReason
 from decodesearch.engine.scheduler import SearchEngine
 from decodesearch.scoring.answers import extract_answer
 from decodesearch.strategies.budget_forcing import BudgetForcing
@@ -86,6 +86,8 @@ TRIGGER_ORDERS = ("cycle", "random")
 SCHEDULES = ("budget", "segments")
 ALIGNS = ("none", "line")
 THINKS = ("auto", "off")
+#: The stop reason of an aligned decode that reached the end of its line (`align="line"`).
+LINE = "line"
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
 
@@ -261,7 +263,8 @@ class IDS(Strategy):
                 if phase[i] == "think":
                     self._mark_think_end(tok, branches[i], out)
             if self.align == "line":
-                aligned = [i for i in active if phase[i] != "answer" and branches[i].stop_reason == "length"
+                aligned = [i for i in active
+                           if phase[i] != "answer" and branches[i].stop_reason == StopReason.LENGTH
                            and spent(i) < self.max_tokens]
                 for i, out in zip(aligned, await self._align(aligned, engine, sampled, branches, phase)):
                     last[i] = out
@@ -277,15 +280,15 @@ class IDS(Strategy):
                         engine.rewind(b, k)
                         to_trigger.append((i, "think_end"))
                         continue
-                    b.stop_reason = "length" if spent(i) >= self.max_tokens else "stop_string"
+                    b.stop_reason = StopReason.LENGTH if spent(i) >= self.max_tokens else StopReason.STOP_STRING
                     phase[i] = "answer"
                     trace.append({"event": "think_end", "sample": i, "position": sampled[i]})
                     if spent(i) < self.max_tokens:
                         answering.append(i)
                     continue
-                if spent(i) >= self.max_tokens or b.stop_reason == "context" or phase[i] == "answer":
+                if spent(i) >= self.max_tokens or b.stop_reason == StopReason.CONTEXT or phase[i] == "answer":
                     continue
-                if b.stop_reason in ("length", "line"):
+                if b.stop_reason in (StopReason.LENGTH, LINE):
                     to_trigger.append((i, "boundary"))
                 elif self.policy == "force" and out:  # an early end replaced by a trigger
                     to_trigger.append((i, "early_stop"))
@@ -295,7 +298,7 @@ class IDS(Strategy):
                     k = len(before[i])
                     t = k % len(self.triggers) if self.trigger_order == "cycle" else rngs[i].randrange(len(self.triggers))
                     if branches[i].length + len(trigger_ids[t]) >= engine.max_context:
-                        branches[i].stop_reason = "context"  # no room for the trigger and one more token
+                        branches[i].stop_reason = StopReason.CONTEXT  # no room for the trigger and one more token
                         continue
                     answer = extract_answer(model_text(branches[i]), explicit=True)
                     before[i].append(answer)
@@ -306,7 +309,7 @@ class IDS(Strategy):
                     forced[i] += len(trigger_ids[t])
                 if bs:
                     await engine.extend(bs, ids)
-            active = sorted(answering + [i for i, _ in to_trigger if branches[i].stop_reason != "context"
+            active = sorted(answering + [i for i, _ in to_trigger if branches[i].stop_reason != StopReason.CONTEXT
                                          and spent(i) < self.max_tokens])
         samples = [make_sample(b, g, answers_before_triggers=a, tokens_forced=f)
                    for b, g, a, f in zip(branches, sampled, before, forced)]
@@ -320,7 +323,7 @@ class IDS(Strategy):
     def _mark_think_end(self, tok, branch: Branch, out: list[int]) -> None:
         """A thinking sample's decode that ended on `</think>` (stopped by it, or by the budget on the
         very token; not by a caller's stop string) gets stop reason "think_end"."""
-        if out and branch.stop_reason in ("length", "stop_string") and not self.stop.hit(tok, out) \
+        if out and branch.stop_reason in (StopReason.LENGTH, StopReason.STOP_STRING) and not self.stop.hit(tok, out) \
                 and THINK_CLOSE in tok.decode(out[-(len(THINK_CLOSE) + 2):], skip_special_tokens=False):
             branch.stop_reason = "think_end"
 
@@ -340,11 +343,11 @@ class IDS(Strategy):
         outs = await engine.decode(bs, room, self.sampler, stops)
         for i, b, out in zip(idx, bs, outs):
             sampled[i] += len(out)
-            if b.stop_reason == "stop_string":
+            if b.stop_reason == StopReason.STOP_STRING:
                 if phase[i] == "think":
                     self._mark_think_end(engine.tokenizer, b, out)
-                if b.stop_reason == "stop_string":
-                    b.stop_reason = "stop_string" if self.stop.hit(engine.tokenizer, out) else "line"
+                if b.stop_reason == StopReason.STOP_STRING:
+                    b.stop_reason = StopReason.STOP_STRING if self.stop.hit(engine.tokenizer, out) else LINE
         return [list(o) for o in outs]
 
     def _choose(self, branches, samples, trace) -> int:

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import torch
 
-from decodesearch.engine import GREEDY, Branch, Sampler, Stop, derive_seed
+from decodesearch.engine import GREEDY, Branch, Sampler, Stop, StopReason, derive_seed
 from decodesearch.engine.engine import CapacityError
 from decodesearch.engine.scheduler import SearchEngine
 from decodesearch.scoring.judge import OPTIONAL_EVALUATOR_MEMBERS, Evaluator
@@ -146,9 +146,9 @@ class RainSearch:
         if node.terminal:
             self.done = node.terminal
         elif resp >= self.settings.max_tokens:
-            self.done = "length"
+            self.done = StopReason.LENGTH
         elif self.settings.stop.hit(self.tok, self.committed[self.prompt_len:]):  # response tokens only
-            self.done = "stop_string"
+            self.done = StopReason.STOP_STRING
 
     # ------------------------------------------------------------------ branch pool
 
@@ -322,7 +322,7 @@ class RainSearch:
             path.append(node)
         leaf = node
         if leaf.terminal is None and self._expand_len(leaf) <= 0:
-            leaf.terminal = "length" if leaf.seq_len - self.prompt_len >= s.max_tokens else "context"
+            leaf.terminal = StopReason.LENGTH if leaf.seq_len - self.prompt_len >= s.max_tokens else StopReason.CONTEXT
         resp = self.response_tokens(leaf)
         rollout: list[int] = []
         if leaf.terminal is None:

@@ -13,7 +13,7 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 
-from decodesearch.engine import Branch, derive_seed
+from decodesearch.engine import Branch, StopReason, derive_seed
 from decodesearch.scoring.embeddings import cosine
 
 from .settings import RainSettings
@@ -168,18 +168,18 @@ class RainTree:
         geometric mean over L tokens, EOS counted), so a shorter set is not favoured by having fewer
         factors. With `clamp_greedy_prior`, the greedy set's joint is clamped into ``[max + min, sum]``
         of the sampled sets' joints, as the official code does before normalising (`clamp_greedy`)."""
-        seen = {(c.tokens, c.terminal == "eos") for c in parent.children}
+        seen = {(c.tokens, c.terminal == StopReason.EOS) for c in parent.children}
         made: list[RainNode | None] = []
         kinds: list[tuple[RainNode, str]] = []
         for cand in cands:
-            key = (cand.tokens, cand.stop == "eos")
-            if key in seen or (not cand.tokens and cand.stop != "eos"):
+            key = (cand.tokens, cand.stop == StopReason.EOS)
+            if key in seen or (not cand.tokens and cand.stop != StopReason.EOS):
                 made.append(None)
                 continue
             seen.add(key)
-            terminal = str(cand.stop) if cand.stop in ("eos", "stop_string", "context") else None  # a plain str
-            steps = len(cand.tokens) + (cand.stop == "eos")
-            logp = cand.logp * cand.limit / steps if cand.stop == "eos" and steps < cand.limit else cand.logp
+            terminal = cand.stop if cand.stop in (StopReason.EOS, StopReason.STOP_STRING, StopReason.CONTEXT) else None
+            steps = len(cand.tokens) + (cand.stop == StopReason.EOS)
+            logp = cand.logp * cand.limit / steps if cand.stop == StopReason.EOS and steps < cand.limit else cand.logp
             child = self.new_child(parent, cand.tokens, math.exp(logp), terminal)
             made.append(child)
             kinds.append((child, cand.kind))
@@ -203,7 +203,7 @@ class RainTree:
         order = torch.argsort(probs, descending=True).tolist()
         eos = set(eos_ids)
         have = {c.tokens for c in parent.children}
-        if any(c.terminal == "eos" for c in parent.children):
+        if any(c.terminal == StopReason.EOS for c in parent.children):
             have.add(())
         added = 0
         for t in order:
@@ -213,7 +213,7 @@ class RainTree:
             if tokens in have:
                 continue
             have.add(tokens)
-            terminal = "eos" if t in eos else ("stop_string" if stops(t) else None)
+            terminal = StopReason.EOS if t in eos else (StopReason.STOP_STRING if stops(t) else None)
             self.new_child(parent, tokens, float(probs[t]), terminal)
             added += 1
         self.set_priors(parent)
