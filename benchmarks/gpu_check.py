@@ -140,7 +140,7 @@ def random_parity(model, tok, engine_mod, ops: int, dtype: str, device, seed: in
                 introduced += sum(len(x) for x in out)
             elif op == "rewind":
                 b = rng.choice(live)
-                n = rng.randint(0, b.length - b.start)
+                n = rng.randint(0, b.length - b.prompt_len)
                 before = list(b.tokens)
                 engine.rewind(b, n)
                 assert b.tokens == before[: len(before) - n]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from decodesearch.bench.datasets import load_dataset
+from decodesearch.bench.datasets import load_problems
 from decodesearch.engine import Engine, ReencodeEngine
 from decodesearch.models import load_model
 from decodesearch.strategies import BeamSearch
@@ -38,7 +38,7 @@ def main(argv=None):
     p.add_argument("--out", default=str(RESULTS / "step_search.json"))
     args = p.parse_args(argv)
 
-    problem = load_dataset("math500", data_dir=args.data_dir)[args.problem]
+    problem = load_problems("math500", data_dir=args.data_dir)[args.problem]
     model, tok = load_model(args.model, dtype=args.dtype)
     rows = {}
     for name, cls in (("engine", Engine), ("reencode", ReencodeEngine)):

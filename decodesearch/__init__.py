@@ -12,7 +12,7 @@ _EXPORTS = {
     "Sampler": "decodesearch.engine",
     "Stop": "decodesearch.engine",
     "generate": "decodesearch.integrations.hf",
-    "hf": "decodesearch.integrations.hf",
+    "custom_generate": "decodesearch.integrations.hf",
     "STRATEGIES": "decodesearch.strategies",
     "SearchResult": "decodesearch.strategies",
     "make_strategy": "decodesearch.strategies",

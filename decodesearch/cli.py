@@ -295,7 +295,7 @@ def bench_config(args: argparse.Namespace, problems=None) -> dict:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from accelerate import PartialState
 
-    from decodesearch.bench.datasets import load_dataset
+    from decodesearch.bench.datasets import load_problems
     from decodesearch.bench.report import plot, print_summary
     from decodesearch.bench.results import shard_path
     from decodesearch.bench.runner import check_out, merge, run_bench
@@ -306,7 +306,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         raise ValueError(f"--limit {args.limit} is out of range; accepted: an int >= 0")
     strategy = build_strategy(args.strategy, strategy_options(args))
     check_rows(strategy, args.max_rows)
-    problems = load_dataset(args.dataset, data_dir=args.data_dir, limit=args.limit, seed=args.seed, kind=args.kind)
+    problems = load_problems(args.dataset, data_dir=args.data_dir, limit=args.limit, seed=args.seed, kind=args.kind)
     config = bench_config(args, problems)
     state = PartialState(cpu=_cpu_processes(args))
     check_out(args.out, config, rank=state.process_index, world_size=state.num_processes)
@@ -428,12 +428,12 @@ def demo_indices(count: int) -> list[int]:
 
 def _demo_problems(data_dir, count: int):
     """`count` level-1 MATH-500 problems (`demo_indices`), loaded as `bench --dataset math500` loads them."""
-    from decodesearch.bench.datasets import DATA_ENV, load_dataset
+    from decodesearch.bench.datasets import DATA_ENV, load_problems
 
     if not 1 <= count <= len(MATH500_LEVEL1):
         raise ValueError(f"--problems {count} is out of range; accepted: 1..{len(MATH500_LEVEL1)}")
     try:
-        problems = load_dataset("math500", data_dir=data_dir)
+        problems = load_problems("math500", data_dir=data_dir)
     except RuntimeError as exc:
         raise RuntimeError(
             f"the demo runs on MATH-500 and could not load it ({exc}). Get it either way: with network access it "

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from decodesearch.bench import datasets as D
-from decodesearch.bench.datasets import Problem, load_dataset, make_arith
+from decodesearch.bench.datasets import Problem, load_problems, make_arith
 from decodesearch.bench.report import compare, format_compare, format_summary, plot, summarize
 from decodesearch.bench.results import (
     config_diff,
@@ -49,17 +49,17 @@ def write_jsonl(path, rows):
 
 def test_local_jsonl_and_limit(tmp_path):
     p = write_jsonl(tmp_path / "d.jsonl", [{"id": f"q{i}", "problem": f"1+{i}?", "answer": str(1 + i)} for i in range(5)] + [""])
-    probs = load_dataset(p)
+    probs = load_problems(p)
     assert [x.id for x in probs] == ["q0", "q1", "q2", "q3", "q4"]
     assert probs[2] == Problem("q2", "1+2?", "3", "aime")  # all gold answers integers: the integer check
-    assert len(load_dataset(str(p), limit=2)) == 2
-    assert {x.kind for x in load_dataset(p, kind="math")} == {"math"}
+    assert len(load_problems(str(p), limit=2)) == 2
+    assert {x.kind for x in load_problems(p, kind="math")} == {"math"}
     mixed = write_jsonl(tmp_path / "m.jsonl", [{"id": "a", "problem": "x", "answer": "1/2"},
                                                {"id": "b", "problem": "y", "answer": "3"},
                                                {"id": "c", "problem": "z", "answer": "4", "kind": "aime"}])
-    assert [x.kind for x in load_dataset(mixed)] == ["math", "math", "aime"]  # a record's own kind wins
+    assert [x.kind for x in load_problems(mixed)] == ["math", "math", "aime"]  # a record's own kind wins
     with pytest.raises(ValueError, match="kind='int' is not accepted; choose one of auto, math, aime"):
-        load_dataset(mixed, kind="int")
+        load_problems(mixed, kind="int")
 
 
 @pytest.mark.parametrize(
@@ -76,7 +76,7 @@ def test_local_jsonl_and_limit(tmp_path):
 def test_malformed_dataset_line_names_line_number(tmp_path, bad, message):
     p = write_jsonl(tmp_path / "bad.jsonl", [{"id": "q0", "problem": "a", "answer": "1"}, "", bad])
     with pytest.raises(ValueError) as e:
-        load_dataset(p)
+        load_problems(p)
     assert "bad.jsonl:3:" in str(e.value) and message in str(e.value)
 
 
@@ -84,31 +84,31 @@ def test_named_datasets_from_data_dir_and_env(tmp_path, monkeypatch):
     write_jsonl(tmp_path / "aime24.jsonl", [{"id": "2024-I-1", "problem": "p", "answer": "204"}])
     write_jsonl(tmp_path / "math500.jsonl", [{"id": "m0", "problem": "p", "answer": r"\frac12"}])
     monkeypatch.delenv(D.DATA_ENV, raising=False)
-    assert load_dataset("aime24", data_dir=tmp_path) == [Problem("2024-I-1", "p", "204", "aime")]
-    assert load_dataset("AIME2024", data_dir=tmp_path)[0].kind == "aime"
+    assert load_problems("aime24", data_dir=tmp_path) == [Problem("2024-I-1", "p", "204", "aime")]
+    assert load_problems("AIME2024", data_dir=tmp_path)[0].kind == "aime"
     monkeypatch.setenv(D.DATA_ENV, str(tmp_path))
-    assert load_dataset("math500")[0] == Problem("m0", "p", r"\frac12", "math")
+    assert load_problems("math500")[0] == Problem("m0", "p", r"\frac12", "math")
 
 
 def test_named_dataset_unavailable_says_data_dir(tmp_path, monkeypatch):
     monkeypatch.delenv(D.DATA_ENV, raising=False)
     monkeypatch.setattr(D, "_hub_unreachable", lambda *a, **k: "offline (test)")
     with pytest.raises(RuntimeError) as e:
-        load_dataset("aime25", data_dir=tmp_path)
+        load_problems("aime25", data_dir=tmp_path)
     msg = str(e.value)
     assert "--data-dir" in msg and "aime2025.jsonl" in msg and "offline (test)" in msg
     with pytest.raises(FileNotFoundError, match="neither a file"):
-        load_dataset(tmp_path / "nope.jsonl")
+        load_problems(tmp_path / "nope.jsonl")
 
 
 def test_arith_deterministic_by_seed():
-    a = load_dataset("arith", limit=30, seed=1)
-    assert a == load_dataset("arith", limit=30, seed=1)
-    assert a != load_dataset("arith", limit=30, seed=2)
-    assert load_dataset("arith", limit=5, seed=1) == a[:5]  # prefix-stable
+    a = load_problems("arith", limit=30, seed=1)
+    assert a == load_problems("arith", limit=30, seed=1)
+    assert a != load_problems("arith", limit=30, seed=2)
+    assert load_problems("arith", limit=5, seed=1) == a[:5]  # prefix-stable
     assert len({p.id for p in a}) == 30 and all(p.kind == "aime" for p in a)
     assert all(int(p.answer) >= 0 and str(int(p.answer)) == p.answer for p in a)
-    assert len(load_dataset("arith")) == D.ARITH_DEFAULT_N
+    assert len(load_problems("arith")) == D.ARITH_DEFAULT_N
     assert all(len(p.problem) < 300 for p in make_arith(200, seed=3))
     # several templates are in use
     assert len({p.problem.split()[1] for p in make_arith(60)}) > 3

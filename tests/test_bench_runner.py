@@ -4,7 +4,7 @@
 import pytest
 
 from conftest import ByteTokenizer, tiny_model
-from decodesearch.bench.datasets import load_dataset
+from decodesearch.bench.datasets import load_problems
 from decodesearch.bench.results import read_results, shard_path
 from decodesearch.bench.runner import merge, run_bench
 from decodesearch.engine import Engine
@@ -25,19 +25,19 @@ def config(**extra):
 def test_records_resume_and_refusal(engine, tmp_path):
     out = tmp_path / "run.jsonl"
     strat = Sampling(n=2, max_tokens=8, prompt_format=PLAIN, seed=0)
-    assert run_bench(engine, strat, load_dataset("arith", limit=3), str(out), config(limit=3), progress=False) == 3
+    assert run_bench(engine, strat, load_problems("arith", limit=3), str(out), config(limit=3), progress=False) == 3
     cfg, recs = read_results(out)
-    assert [r["id"] for r in recs] == [p.id for p in load_dataset("arith", limit=3)]
+    assert [r["id"] for r in recs] == [p.id for p in load_problems("arith", limit=3)]
     r = recs[0]
     assert len(r["samples"]) == 2 and r["tokens_forwarded"] > 0 and isinstance(r["correct"], bool)
     assert r["trace"]["events"][0]["event"] == "fork"
     # Same command with a larger limit: only the new problems run.
-    assert run_bench(engine, strat, load_dataset("arith", limit=5), str(out), config(limit=5), progress=False) == 2
+    assert run_bench(engine, strat, load_problems("arith", limit=5), str(out), config(limit=5), progress=False) == 2
     ids = [r["id"] for r in read_results(out)[1]]
     assert len(ids) == len(set(ids)) == 5
     before = out.read_bytes()
     with pytest.raises(ValueError, match="max_tokens"):
-        run_bench(engine, strat, load_dataset("arith", limit=5), str(out), config(max_tokens=9), progress=False)
+        run_bench(engine, strat, load_problems("arith", limit=5), str(out), config(max_tokens=9), progress=False)
     assert out.read_bytes() == before
 
 
@@ -48,7 +48,7 @@ def test_scored_samples_give_weighted_at_k(engine, tmp_path):
 
     out = tmp_path / "bon.jsonl"
     strat = BestOfN(n=2, max_tokens=6, prompt_format=PLAIN, seed=0, step_scorer="logprob")
-    run_bench(engine, strat, load_dataset("arith", limit=2), str(out), config(strategy="best_of_n", limit=2),
+    run_bench(engine, strat, load_problems("arith", limit=2), str(out), config(strategy="best_of_n", limit=2),
               progress=False)
     recs = read_results(out)[1]
     assert all(isinstance(s["score"], float) for r in recs for s in r["samples"])
@@ -57,7 +57,7 @@ def test_scored_samples_give_weighted_at_k(engine, tmp_path):
 
 def test_sharded_ranks_and_merge(engine, tmp_path):
     out = tmp_path / "run.jsonl"
-    problems = load_dataset("arith", limit=5)
+    problems = load_problems("arith", limit=5)
     strat = IDS(n=2, b0=2, max_tokens=6, prompt_format=PLAIN, seed=0)
     for rank in (0, 1):
         run_bench(engine, strat, problems, str(out), config(), rank=rank, world_size=2, progress=False)
@@ -121,7 +121,7 @@ def test_accelerate_launch_two_cpu_processes(tiny_dir, tmp_path):
     assert not shard_path(out, 0).exists() and not shard_path(out, 1).exists()  # merged by rank 0
     assert proc.stdout.count("accuracy") == 1  # one summary, from rank 0
     merged = read_results(out)[1]
-    assert sorted(r["id"] for r in merged) == sorted(p.id for p in load_dataset("arith", limit=16))
+    assert sorted(r["id"] for r in merged) == sorted(p.id for p in load_problems("arith", limit=16))
     assert all(r == kept[r["id"]] for r in merged if r["id"] in kept)  # resumed, not solved again
 
 
@@ -177,7 +177,7 @@ def test_strategies_run_together_share_steps_and_equal_their_runs_alone(engine, 
     from decodesearch.bench.runner import BenchRun, run_benches
     from decodesearch.strategies import Greedy
 
-    problems = load_dataset("arith", limit=3)
+    problems = load_problems("arith", limit=3)
 
     def strategies():
         return {"greedy": Greedy(max_tokens=6, prompt_format=PLAIN),

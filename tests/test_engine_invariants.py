@@ -85,7 +85,7 @@ def make_machine(arch, dtype):
         def rewind(self, b, data):
             if b.released:
                 return
-            n = data.draw(st.integers(0, b.length - b.start))
+            n = data.draw(st.integers(0, b.length - b.prompt_len))
             before = list(b.tokens)
             self.engine.rewind(b, n)
             assert b.tokens == before[: len(before) - n]

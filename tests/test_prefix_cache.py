@@ -45,7 +45,7 @@ def test_shared_prefix_is_forwarded_once_and_reuse_is_exact(tiny_llama):
     assert engine.stats.tokens_forwarded == len(p1) and engine.stats.tokens_reused == 0
     r2 = engine.prefill(p2)
     assert engine.stats.tokens_reused == len(SHARED) and engine.stats.tokens_forwarded == len(p1) + 2
-    assert r2.tokens == p2 and r2.start == len(p2) and engine.live_branches == [r1, r2]
+    assert r2.tokens == p2 and r2.prompt_len == len(p2) and engine.live_branches == [r1, r2]
     assert torch.allclose(engine.logits([r2])[0], fresh_logits(model, p2), atol=1e-4)
     out = engine.decode([r2], 12, stop=NO_EOS)[0]
     assert out == plain.decode([plain.prefill(p2)], 12, stop=NO_EOS)[0]

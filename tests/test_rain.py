@@ -346,7 +346,7 @@ def test_rain_rows_of_different_problems_share_decode_steps(tiny_llama):
         steps: list = []
 
         def sample_step(self, rows):
-            self.steps.append([(r.branch.tokens[: r.branch.start], r.score_under is not None) for r in rows])
+            self.steps.append([(r.branch.tokens[: r.branch.prompt_len], r.score_under is not None) for r in rows])
             return super().sample_step(rows)
 
     def make():
@@ -544,7 +544,7 @@ def test_judge_letters_are_read_in_context():
 
 
 def test_judge_prefix_prefilled_once_per_bench_run(tiny_llama, tmp_path):
-    from decodesearch.bench.datasets import load_dataset
+    from decodesearch.bench.datasets import load_problems
     from decodesearch.bench.runner import run_bench
     from decodesearch.strategies import PromptFormat
 
@@ -554,7 +554,7 @@ def test_judge_prefix_prefilled_once_per_bench_run(tiny_llama, tmp_path):
                 min_new_searches=1, evaluator=judge, embedder=None, seed=0,
                 prompt_format=PromptFormat(instruction=None, chat=False))
     engine = Engine(model, tok, max_rows=48)
-    n = run_bench(engine, rain, load_dataset("arith", limit=3), str(tmp_path / "r.jsonl"), {"s": "rain"},
+    n = run_bench(engine, rain, load_problems("arith", limit=3), str(tmp_path / "r.jsonl"), {"s": "rain"},
                   progress=False)
     assert n == 3 and judge.prefix_prefills == 1 and judge.evaluations > 0
     assert engine.live_branches == []

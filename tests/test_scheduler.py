@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import ByteTokenizer, tiny_model
-from decodesearch.bench.datasets import load_dataset
+from decodesearch.bench.datasets import load_problems
 from decodesearch.bench.results import read_results
 from decodesearch.engine import CapacityError, Engine, Sampler, Stop
 from decodesearch.engine.scheduler import Job, Scheduler, run_one
@@ -261,5 +261,5 @@ def test_concurrent_bench_killed_and_resumed(tiny_dir, tmp_path):
     rerun = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     ids = [r["id"] for r in read_results(out)[1]]
-    assert sorted(ids) == sorted(p.id for p in load_dataset("arith", limit=24)) and len(ids) == len(set(ids))
+    assert sorted(ids) == sorted(p.id for p in load_problems("arith", limit=24)) and len(ids) == len(set(ids))
     assert ids[: len(first)] == first  # what was on disk before the kill is kept as it was

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import ByteTokenizer, tiny_model
-from decodesearch import generate, hf
+from decodesearch import custom_generate, generate
 from decodesearch.engine import Engine, Sampler, Stop
 from decodesearch.strategies import (
     IDS, BestOfN, BudgetForcing, PromptFormat, Sample, Sampling, SelfConsistency, make_strategy,
@@ -204,12 +204,12 @@ def test_generate_api_and_hf_custom_generate(llama):
     input_ids = torch.tensor([[0] * (width - len(r)) + r for r in rows])
     mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
     seqs = model.generate(input_ids=input_ids, attention_mask=mask,
-                          custom_generate=hf("greedy", tok, max_tokens=8, prompt_format=PLAIN))
+                          custom_generate=custom_generate("greedy", tok, max_tokens=8, prompt_format=PLAIN))
     for i, r in enumerate(results):
         assert seqs[i, :width].tolist() == input_ids[i].tolist()
         assert seqs[i, width: width + len(r.token_ids)].tolist() == r.token_ids
     out = model.generate(input_ids=input_ids, attention_mask=mask, return_dict_in_generate=True,
-                         custom_generate=hf(IDS(n=2, b0=2, max_tokens=6, prompt_format=PLAIN), tok))
+                         custom_generate=custom_generate(IDS(n=2, b0=2, max_tokens=6, prompt_format=PLAIN), tok))
     assert out.sequences.shape[0] == 2 and len(out.results) == 2
     assert any(e["event"] == "trigger" for e in out.results[0].trace)
     # a passed engine is reused across generate calls (and must be over the same model)
@@ -217,14 +217,14 @@ def test_generate_api_and_hf_custom_generate(llama):
     forwarded = []
     for _ in range(2):
         again = model.generate(input_ids=input_ids, attention_mask=mask,
-                               custom_generate=hf("greedy", tok, engine=engine, max_tokens=8, prompt_format=PLAIN))
+                               custom_generate=custom_generate("greedy", tok, engine=engine, max_tokens=8, prompt_format=PLAIN))
         assert torch.equal(again, seqs)
         forwarded.append(engine.stats.tokens_forwarded)
     assert forwarded[0] > 0 and forwarded[1] == 2 * forwarded[0]
     assert engine.stats.peak_rows == 4  # both rows of the batch searched at once (root + sample each)
     with pytest.raises(ValueError, match="another model"):
         model.generate(input_ids=input_ids, attention_mask=mask,
-                       custom_generate=hf("greedy", tok, engine=Engine(copy.deepcopy(model), tok), max_tokens=8))
+                       custom_generate=custom_generate("greedy", tok, engine=Engine(copy.deepcopy(model), tok), max_tokens=8))
 
 
 def test_bad_input():
@@ -298,12 +298,13 @@ def test_hf_custom_generate_caps_by_max_new_tokens_and_warns_on_sampling_setting
     with pytest.warns(UserWarning, match=r"'temperature': 0.3.*not used"):
         out = model.generate(input_ids=ids, max_new_tokens=5, temperature=0.3, do_sample=True,
                              return_dict_in_generate=True,
-                             custom_generate=hf("sampling", tok, n=2, max_tokens=40, stop=NO_EOS, prompt_format=PLAIN))
+                             custom_generate=custom_generate("sampling", tok, n=2, max_tokens=40, stop=NO_EOS,
+                                                             prompt_format=PLAIN))
     assert [s.tokens_generated for s in out.results[0].samples] == [5, 5]
     assert out.sequences.shape[1] == ids.shape[1] + 5
     ids_strategy = IDS(n=2, b0=2, max_tokens=40, stop=NO_EOS, prompt_format=PLAIN)
     out = model.generate(input_ids=ids, max_new_tokens=7, return_dict_in_generate=True,
-                         custom_generate=hf(ids_strategy, tok))
+                         custom_generate=custom_generate(ids_strategy, tok))
     res = out.results[0]
     assert [s.tokens_generated for s in res.samples] == [7, 7]
     assert sorted({e["position"] for e in res.trace if e["event"] == "trigger"}) == [2, 4]
@@ -311,7 +312,7 @@ def test_hf_custom_generate_caps_by_max_new_tokens_and_warns_on_sampling_setting
     import warnings
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message="decodesearch")
-        model.generate(input_ids=ids, max_new_tokens=3, custom_generate=hf("greedy", tok, prompt_format=PLAIN))
+        model.generate(input_ids=ids, max_new_tokens=3, custom_generate=custom_generate("greedy", tok, prompt_format=PLAIN))
 
 
 # ------------------------------------------------------------------ IDS on reasoning models (<think> ... </think>)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from decodesearch.scoring.answers import KINDS
 
-__all__ = ["Problem", "load_dataset", "load_jsonl", "make_arith", "DATASET_NAMES", "DATA_ENV"]
+__all__ = ["Problem", "load_problems", "load_jsonl", "make_arith", "DATASET_NAMES", "DATA_ENV"]
 
 #: Environment variable naming the folder with math500.jsonl / aime2024.jsonl / aime2025.jsonl.
 DATA_ENV = "DECODESEARCH_DATA"
@@ -52,7 +52,7 @@ _INTEGER = re.compile(r"^\s*[+-]?\d+\s*$")
 ARITH_DEFAULT_N = 100
 
 
-def load_dataset(
+def load_problems(
     name_or_path: str | os.PathLike,
     data_dir: str | os.PathLike | None = None,
     limit: int | None = None,

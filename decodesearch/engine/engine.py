@@ -63,17 +63,17 @@ class Branch:
     """A handle on one token sequence whose KV lives in an `Engine`.
 
     `tokens` is the whole sequence (prompt included), every token's KV at column `i` of the
-    branch's row; `start` is the prompt length, which `rewind` never goes below; `text` decodes
-    `tokens[start:]`. `token_logprobs[i]` is the model's log-prob (untempered) of a sampled token
+    branch's row; `prompt_len` is the prompt length, which `rewind` never goes below; `text`
+    decodes `tokens[prompt_len:]`. `token_logprobs[i]` is the model's log-prob (untempered) of a sampled token
     `tokens[i]`, None for teacher-forced ones. Do not mutate either.
     """
 
-    def __init__(self, engine: "Engine", row: int, tokens: list[int], start: int, seed: int):
+    def __init__(self, engine: "Engine", row: int, tokens: list[int], prompt_len: int, seed: int):
         self.engine = engine
         self.row = row
         self.tokens = tokens
         self.token_logprobs: list[float | None] = []
-        self.start = start
+        self.prompt_len = prompt_len
         self.seed = seed
         self.stop_reason: StopReason | None = None
         self.released = False
@@ -86,7 +86,7 @@ class Branch:
 
     @property
     def new_tokens(self) -> list[int]:
-        return self.tokens[self.start :]
+        return self.tokens[self.prompt_len :]
 
     @property
     def text(self) -> str:
@@ -105,7 +105,7 @@ class Branch:
 
     def __repr__(self) -> str:
         state = "released" if self.released else f"row={self.row}"
-        return f"Branch({state}, length={self.length}, start={self.start}, stop={self.stop_reason})"
+        return f"Branch({state}, length={self.length}, prompt_len={self.prompt_len}, stop={self.stop_reason})"
 
 
 class Decoded(list):
@@ -290,7 +290,7 @@ class Engine:
         rows = self._alloc_rows(n)
         children = []
         for row in rows:
-            child = Branch(self, row, list(branch.tokens), branch.start, derive_seed(branch.seed, branch._forks))
+            child = Branch(self, row, list(branch.tokens), branch.prompt_len, derive_seed(branch.seed, branch._forks))
             child.token_logprobs = list(branch.token_logprobs)
             branch._forks += 1
             self._rows[row] = child
@@ -412,7 +412,7 @@ class Engine:
     def rewind(self, branch: Branch, n: int) -> None:
         """Drop the last `n` tokens of `branch` (no forward, no copy: its row just ends earlier)."""
         self._check_live([branch])
-        limit = branch.length - branch.start
+        limit = branch.length - branch.prompt_len
         if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= limit:
             raise ValueError(f"n={n!r} is out of range for this branch; accepted: 0..{limit} (tokens after its prompt)")
         if n == 0:

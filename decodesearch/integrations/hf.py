@@ -1,5 +1,5 @@
 """The two user entry points: `generate(model, tokenizer, prompts, strategy=...)` and the HF route
-`model.generate(**inputs, custom_generate=hf(strategy, tokenizer))`."""
+`model.generate(**inputs, custom_generate=custom_generate(strategy, tokenizer))`."""
 
 from __future__ import annotations
 
@@ -68,9 +68,9 @@ class SearchGenerateOutput(GenerateDecoderOnlyOutput):
     results: list[SearchResult] | None = None
 
 
-def hf(strategy: str | Strategy, tokenizer=None, *, engine: Engine | None = None, engine_kwargs: dict | None = None,
+def custom_generate(strategy: str | Strategy, tokenizer=None, *, engine: Engine | None = None, engine_kwargs: dict | None = None,
        **strategy_kwargs):
-    """A callable for `model.generate(**inputs, custom_generate=hf(strategy, tokenizer))`.
+    """A callable for `model.generate(**inputs, custom_generate=custom_generate(strategy, tokenizer))`.
 
     Each input row (left or right padding, read from `attention_mask`) is used as already-formatted
     prompt ids, and the rows are searched concurrently on one engine. Returns `sequences` `[B,
@@ -95,12 +95,13 @@ def hf(strategy: str | Strategy, tokenizer=None, *, engine: Engine | None = None
         run = capped(strat, getattr(generation_config, "max_new_tokens", None))
         tok = tokenizer or model_kwargs.get("tokenizer")
         if tok is None:
-            raise ValueError("hf(strategy) needs a tokenizer: hf(strategy, tokenizer) or generate(..., tokenizer=tok)")
+            raise ValueError("custom_generate(strategy) needs a tokenizer: custom_generate(strategy, tokenizer) "
+                             "or generate(..., tokenizer=tok)")
         mask = model_kwargs.get("attention_mask")
         mask = torch.ones_like(input_ids) if mask is None else mask
         eng = engine or Engine(model, tok, **(engine_kwargs or {}))
         if eng.model is not model:
-            raise ValueError("hf(strategy, engine=...): the engine was built over another model")
+            raise ValueError("custom_generate(strategy, engine=...): the engine was built over another model")
         rows = [[t for t, k in zip(row, keep) if k] for row, keep in zip(input_ids.tolist(), mask.bool().tolist())]
         results = run.run_ids(eng, rows, [tok.decode(ids) for ids in rows])
         pad = generation_config.pad_token_id if generation_config is not None else None

@@ -262,7 +262,7 @@ def model_text(branch: Branch) -> str:
     line: every teacher-forced span (a trigger, a cue, a judge prompt) is left out, so it can never
     become an answer."""
     runs, run = [], []
-    for tok, lp in zip(branch.tokens[branch.start :], branch.token_logprobs[branch.start :]):
+    for tok, lp in zip(branch.tokens[branch.prompt_len :], branch.token_logprobs[branch.prompt_len :]):
         if lp is None:
             if run:
                 runs.append(run)

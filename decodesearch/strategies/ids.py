@@ -274,7 +274,7 @@ class IDS(Strategy):
                 if b.stop_reason == "think_end":  # a </think> held back: keep it, or replace it (force)
                     k = BudgetForcing._tokens_holding(tok, last[i], THINK_CLOSE)
                     j = b.length - k - 1  # the token before the tag: the model's own, or a trigger's
-                    own = j >= b.start and b.token_logprobs[j] is not None
+                    own = j >= b.prompt_len and b.token_logprobs[j] is not None
                     ahead = any(p > spent(i) for p in self.boundaries)
                     if self.policy == "force" and own and ahead and b.length - k + 1 < engine.max_context:
                         engine.rewind(b, k)

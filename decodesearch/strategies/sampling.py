@@ -18,7 +18,7 @@ from decodesearch.strategies.base import Sample, SearchResult, Strategy, check_p
 
 def mean_logprob(sample: Sample, branch: Branch) -> float:
     """The default best-of-N score: mean log-prob (nats/token) the model gave its sampled tokens."""
-    lps = [lp for lp in branch.token_logprobs[branch.start :] if lp is not None]
+    lps = [lp for lp in branch.token_logprobs[branch.prompt_len :] if lp is not None]
     return sum(lps) / len(lps) if lps else float("-inf")
 
 
@@ -144,7 +144,7 @@ class BestOfN(Sampling):
         extra = {}
         if getattr(self.step_scorer, "needs_logprobs", False):  # one step = the whole sample here
             steps = [[s.text] for s in samples]
-            extra["logprobs"] = [[[lp for lp in b.token_logprobs[b.start:] if lp is not None]] for b in branches]
+            extra["logprobs"] = [[[lp for lp in b.token_logprobs[b.prompt_len:] if lp is not None]] for b in branches]
         scores = await self.step_scorer.score_steps(engine, prompt, steps, **extra)
         for i, (s, sc) in enumerate(zip(samples, scores)):
             s.score = aggregate_scores(sc, self.aggregate)

@@ -82,7 +82,7 @@ class RainSearch:
         self.prompt = prompt
         self.evaluator = evaluator
         self.embedder = embedder
-        self.prompt_len = root_branch.start
+        self.prompt_len = root_branch.prompt_len
         self.eos = s.stop.eos_ids if s.stop.eos_ids is not None else engine.eos_ids
         self.rollout_stop = Stop(eos_ids=self.eos, boundaries=s.boundaries)  # a rollout ends a clause
         root = RainNode(None, (), 1.0, step=0, seq_len=root_branch.length, seed=root_branch.seed)
