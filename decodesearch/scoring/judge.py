@@ -39,6 +39,8 @@ import weakref
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Protocol, Sequence
 
+from decodesearch.engine.prefix_cache import common_prefix
+
 __all__ = [
     "JudgeTemplate", "TEMPLATES", "HARMLESS", "HH", "TRUTHFUL", "TRUTHFUL_YES_NO", "MATH_STEP", "SelfJudge",
     "CallableEvaluator",
@@ -500,7 +502,7 @@ class SelfJudge:
             ids = list(tok.encode(text, add_special_tokens=False))[-room:] or [id_a]
             base, base_ids, lcp = st.prefix, (), 0
             for c_ids, c_b in cached:
-                n = _common_prefix(c_ids, ids)
+                n = common_prefix(c_ids, ids)
                 if n > lcp:
                     base, base_ids, lcp = c_b, c_ids, n
             b = (await engine.fork(base, 1))[0]
@@ -514,7 +516,7 @@ class SelfJudge:
         # once with the text. Then order 1 continues on the context branch and order 2 on a fork of
         # it, both in ONE forward; the context branch is rewound to the text afterwards. A one-order
         # template forwards the text and its whole suffix in one go.
-        common = _common_prefix(suffixes[0], suffixes[1]) if self.both_orders else len(suffixes[0])
+        common = common_prefix(suffixes[0], suffixes[1]) if self.both_orders else len(suffixes[0])
         todo = [(b, x + suffixes[0][:common]) for (_, b), x in zip(ctxs, pending) if x or common]
         if todo:
             await engine.extend([b for b, _ in todo], [x for _, x in todo])
@@ -557,14 +559,6 @@ class SelfJudge:
     def stats(self) -> dict:
         return {"evaluations": self.evaluations, "cache_hits": self.cache_hits,
                 "prefix_prefills": self.prefix_prefills, "rewinds": self.rewinds}
-
-
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
 
 
 def as_evaluator(obj, context_format: str | None = None):
