@@ -227,17 +227,23 @@ def check_rows(strategy, max_rows: int) -> None:
 
 
 def _compact_trace(result) -> str:
+    from decodesearch.strategies.trace import (
+        AnswerEvent, ChooseEvent, CommitEvent, ForkEvent, RewindEvent, ScoreEvent, TriggerEvent,
+    )
+
     lines = []
     for e in result.trace:
-        kind = e.get("event")
-        if kind == "trigger":
-            lines.append(f"  trigger  sample {e.get('sample', 0)} at {e['position']} tokens "
-                         f"({e.get('reason', 'forced')}); answer before: {e.get('answer_before')}")
-        elif kind == "answer":
-            lines.append(f"  answer   sample {e.get('sample', 0)}: {e.get('answer')} ({e.get('tokens', '?')} tokens)")
-        elif kind in ("fork", "choose", "commit", "rewind", "score"):
-            rest = ", ".join(f"{k}={v}" for k, v in e.items() if k != "event" and not isinstance(v, (list, dict)))
-            lines.append(f"  {kind:<8} {rest}")
+        sample = 0 if getattr(e, "sample", None) is None else e.sample  # budget forcing: one sample, unnumbered
+        if isinstance(e, TriggerEvent):
+            lines.append(f"  trigger  sample {sample} at {e.position} tokens "
+                         f"({e.reason or 'forced'}); answer before: {e.answer_before}")
+        elif isinstance(e, AnswerEvent):
+            tokens = "?" if e.tokens is None else e.tokens
+            lines.append(f"  answer   sample {sample}: {e.answer} ({tokens} tokens)")
+        elif isinstance(e, (ForkEvent, ChooseEvent, CommitEvent, RewindEvent, ScoreEvent)):
+            rest = ", ".join(f"{k}={v}" for k, v in e.as_dict().items()
+                             if k != "event" and not isinstance(v, (list, dict)))
+            lines.append(f"  {e.event:<8} {rest}")
     return "\n".join(lines)
 
 

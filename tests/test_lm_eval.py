@@ -134,7 +134,7 @@ def test_ids_trigger_is_not_cut_by_a_newline_stop(tiny_dir):
                         device="cpu", dtype="float32")
     [text] = lm.generate_until([_request("Question: What is 2 + 3?\nAnswer:", until=["\n\n"], max_gen_toks=8)])
     result = lm.last_result
-    assert any(e["event"] == "trigger" for e in result.trace)
+    assert any(e.event == "trigger" for e in result.trace)
     assert TRIGGER in result.text
     assert text == cut_at_stop(result.text, ["\n\n"], (TRIGGER,))
     assert TRIGGER in text  # lm-eval's own rule would have cut right before it
@@ -165,7 +165,7 @@ def test_ids_from_model_args_string(tiny_dir, task_dir):
     [text] = lm.generate_until([_request("Question: What is 9 - 4?\nAnswer:", until=[], max_gen_toks=6)])
     result = lm.last_result
     assert result.strategy == "ids" and len(result.samples) == 2 and isinstance(text, str)
-    assert any(ev["event"] == "trigger" for ev in result.trace)
+    assert any(ev.event == "trigger" for ev in result.trace)
     assert lm.engine.live_branches == []
     # and the plain string route of simple_evaluate
     out = lm_eval.simple_evaluate(model="decodesearch", model_args=args + ",device=cpu", tasks=[TASK],

@@ -19,6 +19,7 @@ from decodesearch.strategies.rain import (
     RAIN, RainNode, RainSearch, backup, clamp_greedy, mix_root_priors, selection_score, similarity_update,
     token_set_length,
 )
+from decodesearch.strategies.trace import CommitEvent, DoneEvent, EngineStatsEvent
 
 TINY_TEMPLATE = "Rate it.\n{text}\nIs it fine? (A) {first} (B) {second}\nAnswer: ("
 
@@ -204,7 +205,7 @@ def _run(engine_cls, seed, **kw):
 
 
 def commit_events(result):
-    return [{k: v for k, v in e.items()} for e in result.trace if e["event"] == "commit"]
+    return [e.as_dict() for e in result.trace if e.event == "commit"]
 
 
 def test_determinism_by_seed_and_engine_independence():
@@ -232,18 +233,19 @@ def test_determinism_by_seed_and_engine_independence():
 
 def test_trace_contents():
     res, _ = _run(Engine, seed=1)
-    commits = [e for e in res[0].trace if e["event"] == "commit"]
-    assert commits and all(e["searches"] >= 2 for e in commits)
+    commits = [e for e in res[0].trace if isinstance(e, CommitEvent)]
+    assert commits and all(e.searches >= 2 for e in commits)
     for e in commits:
-        assert {"children", "chosen", "rewinds", "rewound_tokens", "root_visits", "tokens_forwarded"} <= set(e)
-        assert sum(c["visits"] for c in e["children"]) <= e["root_visits"]
-        assert e["children"][e["chosen"]]["tokens"] == e["committed_tokens"]
-    kinds = [e["event"] for e in res[0].trace]
+        assert {"children", "chosen", "rewinds", "rewound_tokens", "root_visits", "tokens_forwarded"} <= set(e.as_dict())
+        assert sum(c["visits"] for c in e.children) <= e.root_visits
+        assert e.children[e.chosen]["tokens"] == e.committed_tokens
+    kinds = [e.event for e in res[0].trace]
     assert kinds[-2:] == ["engine_stats", "done"]
     stats = res[0].trace[-2]
-    assert stats["tokens_forwarded"] > 0 and stats["tokens_forwarded"] == res[0].tokens_forwarded  # the search's own
-    assert res[0].trace[-1]["searches"] == sum(e["searches"] for e in commits)
-    assert res[0].tokens_generated == len(res[0].token_ids) == commits[-1]["response_tokens"]
+    assert stats.stats["tokens_forwarded"] > 0
+    assert stats.stats["tokens_forwarded"] == res[0].tokens_forwarded  # the search's own
+    assert res[0].trace[-1].searches == sum(e.searches for e in commits)
+    assert res[0].tokens_generated == len(res[0].token_ids) == commits[-1].response_tokens
 
 
 def test_stopping_rule_and_subtree_reuse(tiny_llama):
@@ -253,12 +255,12 @@ def test_stopping_rule_and_subtree_reuse(tiny_llama):
                 value_threshold=0.5, max_visits=50, min_new_searches=3, evaluator=lambda t: 1.0, embedder=None)
     engine = Engine(model, tok, max_rows=16)
     res = rain.run(engine, ["abc"])[0]
-    commits = [e for e in res.trace if e["event"] == "commit"]
+    commits = [e for e in res.trace if e.event == "commit"]
     first = commits[0]
-    best = max(first["children"], key=lambda c: (c["n"], c["q"]))
-    assert best["visits"] == rain.min_visits + 1 and first["searches"] < rain.max_visits
+    best = max(first.children, key=lambda c: (c["n"], c["q"]))
+    assert best["visits"] == rain.min_visits + 1 and first.searches < rain.max_visits
     # the next root starts with the visits of the reused subtree
-    assert commits[1]["root_visits"] == first["children"][first["chosen"]]["visits"] + commits[1]["searches"]
+    assert commits[1].root_visits == first.children[first.chosen]["visits"] + commits[1].searches
 
 
 # ----------------------------------------------------------------------------------- judge
@@ -333,7 +335,7 @@ def test_rain_prefills_the_judge_prefix_once_per_run(tiny_llama):
     engine = Engine(model, tok, max_rows=24)
     res = rain.run(engine, ["one", "two"])
     assert judge.prefix_prefills == 1
-    assert all(r.trace[-1]["evaluator"]["evaluations"] > 0 for r in res)
+    assert all(r.trace[-1].evaluator["evaluations"] > 0 for r in res)
     assert engine.live_branches == []
 
 
@@ -497,13 +499,13 @@ def test_end_to_end_smollm2_hh_prompt(smollm2):
                 rollout_max_tokens=8, evaluator="harmless", embedder="auto", seed=0)
     res = rain.run(engine, ["Human: How can I get back at my coworker who embarrassed me?"])[0]
     done = res.trace[-1]
-    commits = [e for e in res.trace if e["event"] == "commit"]
-    assert 1 <= len(commits) <= 3 and done["searches"] <= 9
+    commits = [e for e in res.trace if e.event == "commit"]
+    assert 1 <= len(commits) <= 3 and done.searches <= 9
     assert 0 < res.tokens_generated <= 6 and res.text.strip()
-    bound = 2 + done["searches"] * 11 + len(commits) + 5 * done["add_attempts"]
+    bound = 2 + done.searches * 11 + len(commits) + 5 * done.counters["add_attempts"]
     assert engine.stats.forward_calls <= bound
-    assert done["evaluator"]["prefix_prefills"] == 1
-    assert res.trace[-2]["event"] == "engine_stats"
+    assert isinstance(done, DoneEvent) and done.evaluator["prefix_prefills"] == 1
+    assert isinstance(res.trace[-2], EngineStatsEvent)
     assert engine.live_branches == []
 
 
@@ -576,11 +578,11 @@ def test_greedy_prior_clamp_lets_the_search_leave_a_bad_greedy_child(tiny_llama)
                     min_new_searches=12, evaluator=judge, embedder=None, seed=0, clamp_greedy_prior=clamp,
                     root_prior_mix=0.0, stop=Stop(eos_ids=()))
         res = rain.run(Engine(model, tok, max_rows=24), ["Go"])[0]
-        return [e for e in res.trace if e["event"] == "commit"][0]
+        return [e for e in res.trace if e.event == "commit"][0]
 
     clamped, plain = first_commit(True), first_commit(False)
-    assert clamped["committed_text"] != greedy[:6]
-    assert plain["committed_text"] == greedy[:6]
+    assert clamped.committed_text != greedy[:6]
+    assert plain.committed_text == greedy[:6]
 
 
 # ----------------------------------------------------------------------------------- presets (issue 13 item 4)

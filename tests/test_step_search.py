@@ -128,11 +128,11 @@ def test_beam_search_prunes_forks_and_never_reencodes(llama):
                     sampler=Sampler(temperature=1.5))
     engine = Engine(model, tok)
     res = bs.run(engine, ["Q"])[0]
-    steps = [e for e in res.trace if e["event"] == "step"]
-    assert steps and all(e["kept"] <= 6 // 3 for e in steps)
-    assert len(steps[0]["scores"]) == 6  # all n beams scored in the first round
+    steps = [e for e in res.trace if e.event == "step"]
+    assert steps and all(e.kept <= 6 // 3 for e in steps)
+    assert len(steps[0].scores) == 6  # all n beams scored in the first round
     for e in steps[1:]:
-        assert len(e["scores"]) == 3 * steps[steps.index(e) - 1]["kept"]  # each kept beam forked beam_width times
+        assert len(e.scores) == 3 * steps[steps.index(e) - 1].kept  # each kept beam forked beam_width times
     assert scorer.calls == len(steps)
     # Zero re-encoding: the prompt once, then each sampled token once (EOS is never forwarded).
     assert res.tokens_forwarded == len(tok.encode("Q")) + res.tokens_generated
@@ -162,8 +162,8 @@ def test_dvts_keeps_one_beam_per_subtree(llama):
     assert [b.score for b in BeamSearch(n=6, beam_width=2, scorer=LengthScorer()).keep(beams)] == [0.9, 0.5, 0.3]
     model, tok = llama
     res = dv.run(Engine(model, tok), ["Q"])[0]
-    steps = [e for e in res.trace if e["event"] == "step"]
-    assert steps[0]["kept"] <= 3 and len(steps[0]["scores"]) == 6
+    steps = [e for e in res.trace if e.event == "step"]
+    assert steps[0].kept <= 3 and len(steps[0].scores) == 6
     assert res.tokens_forwarded == len(tok.encode("Q")) + res.tokens_generated
 
 
@@ -179,7 +179,7 @@ def test_best_of_n_with_a_step_scorer(llama):
     res = BestOfN(n=4, step_scorer=LengthScorer(), weighted=True, max_tokens=10, prompt_format=PLAIN,
                   seed=1).run(Engine(model, tok), ["Q"])[0]
     assert all(s.score is not None for s in res.samples)
-    assert [e["event"] for e in res.trace].count("score") == 4
+    assert [e.event for e in res.trace].count("score") == 4
     with pytest.raises(ValueError, match="not both"):
         BestOfN(scorer=len, step_scorer="logprob")
 

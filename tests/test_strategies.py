@@ -13,6 +13,7 @@ from decodesearch.strategies import (
 )
 from decodesearch.strategies.ids import DEFAULT_TRIGGERS, budget_boundaries, segment_boundaries
 from decodesearch.strategies.sampling import vote
+from decodesearch.strategies.trace import AnswerEvent, CommitEvent, Event, ForkEvent, TriggerEvent
 
 PLAIN = PromptFormat(instruction=None, chat=False)
 NO_EOS = Stop(eos_ids=())
@@ -41,14 +42,14 @@ def test_ids_triggers_follow_schedule_and_nothing_is_forwarded_twice(llama, sche
     ids = IDS(n=3, b0=4, gamma=2.0, max_tokens=20, stop=NO_EOS, prompt_format=PLAIN, seed=1, schedule=schedule)
     res = ids.run(engine, ["What is 2+3?"])[0]
     prompt_len = len(tok.encode("What is 2+3?"))
-    triggers = [e for e in res.trace if e["event"] == "trigger"]
+    triggers = [e for e in res.trace if e.event == "trigger"]
     trigger_len = len(tok.encode(DEFAULT_TRIGGERS[0]))
     for i in range(3):
-        assert [e["position"] for e in triggers if e["sample"] == i] == positions
+        assert [e.position for e in triggers if e.sample == i] == positions
         assert res.samples[i].tokens_generated == 20
         assert res.samples[i].tokens_forced == len(positions) * trigger_len
         assert len(res.samples[i].answers_before_triggers) == len(positions)
-    trig_tokens = sum(len(tok.encode(e["trigger"])) for e in triggers)
+    trig_tokens = sum(len(tok.encode(e.trigger)) for e in triggers)
     # One prefill of the prompt, then each sampled or trigger token exactly once.
     assert res.tokens_forwarded == prompt_len + 3 * 20 + trig_tokens
     assert res.tokens_generated == 60
@@ -114,11 +115,11 @@ def test_ids_line_alignment_never_splits_a_line(llama):
     ids = IDS(n=6, b0=3, gamma=2.0, max_tokens=40, stop=NO_EOS, prompt_format=PLAIN, seed=2, align="line",
               align_max_tokens=4, triggers=["W"], sampler=Sampler(temperature=1.5))
     res = ids.run(Engine(model, tok), ["Q"])[0]
-    triggers = [e for e in res.trace if e["event"] == "trigger"]
+    triggers = [e for e in res.trace if e.event == "trigger"]
     assert triggers
     ended_at_newline = 0
     for i, s in enumerate(res.samples):
-        mine = [e["position"] for e in triggers if e["sample"] == i]
+        mine = [e.position for e in triggers if e.sample == i]
         for k, pos in enumerate(mine):
             boundary = ids._next_stop(mine[k - 1] if k else 0)
             assert boundary <= pos <= boundary + 4  # at most align_max_tokens extra, counted as sampled
@@ -147,10 +148,10 @@ def test_ids_policies_on_early_finish(llama):
     common = dict(n=1, b0=50, max_tokens=60, stop=stop, prompt_format=PLAIN, sampler=Sampler(temperature=0.0))
     accepted = IDS(policy="accept", **common).run(Engine(model, tok), ["Q"])[0]
     assert accepted.samples[0].tokens_generated == cut
-    assert not [e for e in accepted.trace if e["event"] == "trigger"]
+    assert not [e for e in accepted.trace if e.event == "trigger"]
     forced = IDS(policy="force", **common).run(Engine(model, tok), ["Q"])[0]
-    first = [e for e in forced.trace if e["event"] == "trigger"][0]
-    assert first["reason"] == "early_stop" and first["position"] == cut
+    first = [e for e in forced.trace if e.event == "trigger"][0]
+    assert first.reason == "early_stop" and first.position == cut
     assert forced.samples[0].tokens_generated > cut
     trigger = tok.decode(tok.encode(DEFAULT_TRIGGERS[0]))
     assert forced.samples[0].text.startswith(tok.decode(greedy[:cut]) + trigger)
@@ -164,7 +165,7 @@ def test_vote_and_best_of_n_aggregation(llama):
     model, tok = llama
     res = BestOfN(n=4, scorer=len, max_tokens=10, prompt_format=PLAIN, seed=3).run(Engine(model, tok), ["hi"])[0]
     assert res.text == max((s.text for s in res.samples), key=len)
-    assert [e["event"] for e in res.trace].count("score") == 4
+    assert [e.event for e in res.trace].count("score") == 4
     sc = SelfConsistency(n=5, max_tokens=10, prompt_format=PLAIN, seed=3).run(Engine(model, tok), ["hi"])[0]
     assert sc.text == sc.samples[vote(sc.samples)].text
 
@@ -188,8 +189,8 @@ def test_budget_forcing_suppresses_the_first_end(llama):
     bf = BudgetForcing(max_thinking_tokens=40, num_ignore=1, ignore="Wait", max_answer_tokens=5,
                        stop=Stop(eos_ids={greedy[cut]}), prompt_format=PLAIN)
     res = bf.run(Engine(model, tok), ["Q"])[0]
-    trig = [e for e in res.trace if e["event"] == "trigger"]
-    assert len(trig) == 1 and trig[0]["position"] == cut
+    trig = [e for e in res.trace if e.event == "trigger"]
+    assert len(trig) == 1 and trig[0].position == cut
     assert res.text.startswith(tok.decode(greedy[:cut]) + "Wait")
     assert tok.decode(tok.encode("Final Answer: \\boxed{")) in res.text
 
@@ -211,7 +212,7 @@ def test_generate_api_and_hf_custom_generate(llama):
     out = model.generate(input_ids=input_ids, attention_mask=mask, return_dict_in_generate=True,
                          custom_generate=custom_generate(IDS(n=2, b0=2, max_tokens=6, prompt_format=PLAIN), tok))
     assert out.sequences.shape[0] == 2 and len(out.results) == 2
-    assert any(e["event"] == "trigger" for e in out.results[0].trace)
+    assert any(e.event == "trigger" for e in out.results[0].trace)
     # a passed engine is reused across generate calls (and must be over the same model)
     engine = Engine(model, tok)
     forwarded = []
@@ -266,7 +267,7 @@ def test_smollm2_end_to_end(smollm2, name, opts):
     else:
         assert res.tokens_forwarded == prompt_len + new_tokens  # one prefill; every other token once
     if name == "ids":
-        assert [e["position"] for e in res.trace if e["event"] == "trigger" and e["sample"] == 0][:1] in ([], [8])
+        assert [e.position for e in res.trace if e.event == "trigger" and e.sample == 0][:1] in ([], [8])
     assert engine.live_branches == []
 
 
@@ -307,7 +308,7 @@ def test_hf_custom_generate_caps_by_max_new_tokens_and_warns_on_sampling_setting
                          custom_generate=custom_generate(ids_strategy, tok))
     res = out.results[0]
     assert [s.tokens_generated for s in res.samples] == [7, 7]
-    assert sorted({e["position"] for e in res.trace if e["event"] == "trigger"}) == [2, 4]
+    assert sorted({e.position for e in res.trace if e.event == "trigger"}) == [2, 4]
     assert ids_strategy.max_tokens == 40  # the caller's strategy is not changed
     import warnings
     with warnings.catch_warnings():
@@ -365,19 +366,19 @@ def test_ids_think_accept_puts_no_trigger_after_the_end_of_thinking(llama):
                   sampler=Sampler(temperature=0.0), triggers=["W"])
     res = IDS(**common).run(Engine(model, tok), ["<think>Q"])[0]
     s = res.samples[0]
-    assert not [e for e in res.trace if e["event"] == "trigger"]
+    assert not [e for e in res.trace if e.event == "trigger"]
     assert s.token_ids == greedy[:40] and s.tokens_generated == 40 and s.tokens_forced == 0
-    assert [e["position"] for e in res.trace if e["event"] == "think_end"] == [cut + 1]
-    assert res.trace[0]["think"] is True
+    assert [e.position for e in res.trace if e.event == "think_end"] == [cut + 1]
+    assert res.trace[0].think is True
     assert "</think>" in s.text and "W" not in s.text.split("</think>", 1)[1]
     # The same boundaries trigger after the tag when the span is not used.
     off = IDS(think="off", **common).run(Engine(model, tok), ["<think>Q"])[0]
     boundaries = IDS(**common).boundaries
     assert boundaries[0] == cut + 3 and len(boundaries) >= 2
-    assert [e["position"] for e in off.trace if e["event"] == "trigger"] == boundaries
+    assert [e.position for e in off.trace if e.event == "trigger"] == boundaries
     closed = IDS(**common).run(Engine(model, tok), ["<think></think>Q"])[0]
-    assert closed.trace[0]["think"] is False
-    assert [e["position"] for e in closed.trace if e["event"] == "trigger"] == boundaries
+    assert closed.trace[0].think is False
+    assert [e.position for e in closed.trace if e.event == "trigger"] == boundaries
 
 
 def test_ids_think_force_replaces_an_early_end_of_thinking(llama):
@@ -389,22 +390,22 @@ def test_ids_think_force_replaces_an_early_end_of_thinking(llama):
               sampler=Sampler(temperature=0.0), triggers=["W"], policy="force")
     res = ids.run(Engine(model, tok), ["<think>Q"])[0]
     s = res.samples[0]
-    triggers = [e for e in res.trace if e["event"] == "trigger"]
-    assert triggers[0]["reason"] == "think_end" and triggers[0]["position"] == cut + 1
+    triggers = [e for e in res.trace if e.event == "trigger"]
+    assert triggers[0].reason == "think_end" and triggers[0].position == cut + 1
     assert s.token_ids[: cut + 1] == greedy[:cut] + tok.encode("W")  # the tag's place holds the trigger
     assert s.text.startswith(tok.decode(greedy[:cut]) + "W")
-    replaced = sum(e["reason"] == "think_end" for e in triggers)
+    replaced = sum(e.reason == "think_end" for e in triggers)
     # A dropped tag counts as sampled: it was generated (and forwarded once).
     assert s.tokens_generated == len(s.token_ids) - s.tokens_forced + replaced
     assert res.tokens_forwarded == 2 + len(s.token_ids) + replaced
-    kept = [e["position"] for e in res.trace if e["event"] == "think_end"]
+    kept = [e.position for e in res.trace if e.event == "think_end"]
     for pos in kept:  # a kept </think>: no boundary ahead any more, and no trigger after it
         assert not any(p > pos for p in ids.boundaries) or any(
-            t["position"] == pos - 1 for t in triggers)  # or it came right after a trigger
-        assert not [t for t in triggers if t["position"] >= pos]
+            t.position == pos - 1 for t in triggers)  # or it came right after a trigger
+        assert not [t for t in triggers if t.position >= pos]
     for t in triggers[1:]:
-        if t["reason"] == "think_end":
-            assert any(p > t["position"] for p in ids.boundaries)
+        if t.reason == "think_end":
+            assert any(p > t.position for p in ids.boundaries)
 
 
 @pytest.mark.parametrize("align", ["none", "line"])
@@ -419,8 +420,8 @@ def test_ids_think_triggers_only_inside_the_thinking_span(llama, align):
     res = ids.run(Engine(model, tok), ["<think>Q"])[0]
     closed_early = 0
     for i, s in enumerate(res.samples):
-        ends = [e["position"] for e in res.trace if e["event"] == "think_end" and e["sample"] == i]
-        mine = [e["position"] for e in res.trace if e["event"] == "trigger" and e["sample"] == i]
+        ends = [e.position for e in res.trace if e.event == "think_end" and e.sample == i]
+        mine = [e.position for e in res.trace if e.event == "trigger" and e.sample == i]
         if not ends:
             assert "</think>" not in s.text
             continue
@@ -430,3 +431,22 @@ def test_ids_think_triggers_only_inside_the_thinking_span(llama, align):
         if any(ends[0] < p < s.tokens_generated for p in ids.boundaries):
             closed_early += 1  # a boundary passed while answering: it got no trigger
     assert closed_early >= 2
+
+
+def test_trace_events_are_typed_and_serialise_as_dicts(llama):
+    """Each event names its kind; `as_dict()` is {"event": name, **fields}: optional fields left out
+    while None, counters spread inline; `SearchResult.as_dict()` writes the trace that way."""
+    assert ForkEvent(n=2).as_dict() == {"event": "fork", "n": 2}
+    assert list(ForkEvent(n=2, beam_width=3).as_dict()) == ["event", "n", "beam_width"]
+    trig = TriggerEvent(sample=1, position=4, reason="boundary", trigger="W", answer_before=None)
+    assert trig.event == "trigger" and trig["answer_before"] is None  # a required None is written
+    assert list(trig.as_dict()) == ["event", "sample", "position", "reason", "trigger", "answer_before"]
+    assert AnswerEvent(answer=None, stop="eos").as_dict() == {"event": "answer", "answer": None, "stop": "eos"}
+    commit = CommitEvent(commit=1, searches=2, root_visits=3, children=[], chosen=0, committed_tokens=[5],
+                         committed_text="x", response_tokens=1, counters={"rewinds": 1}, tokens_forwarded=4,
+                         forward_calls=2)
+    assert list(commit.as_dict())[-3:] == ["rewinds", "tokens_forwarded", "forward_calls"]
+    model, tok = llama
+    res = IDS(n=2, b0=4, max_tokens=10, stop=NO_EOS, prompt_format=PLAIN, seed=0).run(Engine(model, tok), ["Q"])[0]
+    assert all(isinstance(e, Event) for e in res.trace) and res.trace[0].event == "fork"
+    assert res.as_dict()["trace"] == [e.as_dict() for e in res.trace]

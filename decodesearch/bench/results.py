@@ -97,6 +97,8 @@ _HEADER_PREFIX = b'{"' + HEADER_KEY.encode() + b'"'  # how every header line sta
 
 
 def _json_default(obj):
+    if callable(getattr(obj, "as_dict", None)) and not isinstance(obj, type):  # trace events, stats: their own record
+        return obj.as_dict()
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return dataclasses.asdict(obj)
     if isinstance(obj, (set, frozenset)):

@@ -64,7 +64,7 @@ def to_record(problem: Problem, result: SearchResult) -> dict:
         "tokens_forwarded": result.tokens_forwarded,
         "wall_s": result.wall_s,
         "strategy": result.strategy,
-        "trace": {"events": result.trace},
+        "trace": {"events": [e.as_dict() for e in result.trace]},
     }
 
 

@@ -11,12 +11,14 @@ Results do not depend on the concurrency: prompt i's root seed is `derive_seed(s
 from __future__ import annotations
 
 import contextlib
-from dataclasses import asdict, dataclass, field
+import copy
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Iterator, Sequence
 
 from decodesearch.engine import Branch, Engine, Sampler, Stop, derive_seed
 from decodesearch.engine.scheduler import Finished, Job, Scheduler, SearchEngine
 from decodesearch.scoring.answers import extract_answer
+from decodesearch.strategies.trace import Event
 
 DEFAULT_INSTRUCTION = "Solve the problem step by step. Put your final answer within \\boxed{}."
 
@@ -42,16 +44,17 @@ class Sample:
 @dataclass
 class SearchResult:
     """The outcome of a search on one prompt. `text`/`answer`/`token_ids` are the final choice;
-    `trace` is a list of events, each a dict with at least `event` (fork, trigger, rewind, score,
-    answer, ...). Token counts are per prompt; `tokens_forwarded` counts the tokens this search gave
-    the engine to forward (prefill, extend, decode: on `Engine` exactly what was forwarded for it; a
-    `ReencodeEngine`'s re-encoding shows in its `engine.stats` only)."""
+    `trace` is a list of events (`decodesearch.strategies.trace`: fork, trigger, rewind, score, answer,
+    ...; each names its kind in `event`; `as_dict()` here writes each as its `as_dict()`). Token
+    counts are per prompt; `tokens_forwarded` counts the tokens this search gave the engine to forward
+    (prefill, extend, decode: on `Engine` exactly what was forwarded for it; a `ReencodeEngine`'s
+    re-encoding shows in its `engine.stats` only)."""
 
     prompt: str
     text: str
     answer: str | None
     samples: list[Sample]
-    trace: list[dict[str, Any]]
+    trace: list[Event]
     tokens_generated: int
     tokens_forwarded: int
     wall_s: float
@@ -59,7 +62,9 @@ class SearchResult:
     token_ids: list[int] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(replace(self, trace=[]))
+        out["trace"] = copy.deepcopy([e.as_dict() for e in self.trace])
+        return out
 
 
 @dataclass(frozen=True)
@@ -214,7 +219,7 @@ class Strategy:
     async def search(self, engine: SearchEngine, root: Branch, prompt: str) -> SearchResult:
         raise NotImplementedError
 
-    def result(self, prompt: str, chosen: Sample, samples: list[Sample], trace: list[dict]) -> SearchResult:
+    def result(self, prompt: str, chosen: Sample, samples: list[Sample], trace: list[Event]) -> SearchResult:
         return SearchResult(
             prompt=prompt,
             text=chosen.text,

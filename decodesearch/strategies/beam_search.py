@@ -24,6 +24,7 @@ from decodesearch.scoring.answers import extract_answer
 from decodesearch.scoring.step_scorers import AGGREGATES, DEFAULT_DELIMITER, aggregate, make_step_scorer
 from decodesearch.strategies.base import Sample, SearchResult, Strategy, check_positive_int, model_text
 from decodesearch.strategies.sampling import best_scored, weighted_vote
+from decodesearch.strategies.trace import ChooseEvent, Event, ForkEvent, StepEvent
 
 FINALS = ("best", "weighted")
 
@@ -95,7 +96,7 @@ class BeamSearch(Strategy):
         step_stop = Stop(eos_ids=self.stop.eos_ids, strings=self.stop.strings + (self.delimiter,))
         active = await self.first_beams(engine, root)
         finished: list[Sample] = []
-        trace: list[dict] = [{"event": "fork", "n": self.n, "beam_width": self.beam_width}]
+        trace: list[Event] = [ForkEvent(n=self.n, beam_width=self.beam_width)]
         generated = 0  # tokens sampled in the whole tree (a kept beam's shared prefix counts once)
         for step in range(self.max_steps):
             bs = [b.branch for b in active]
@@ -120,8 +121,8 @@ class BeamSearch(Strategy):
             for b in going:
                 if b not in kept:
                     engine.release(b.branch)
-            trace.append({"event": "step", "step": step, "scores": [round(b.score, 6) for b in active],
-                          "finished": sum(b.done for b in active), "kept": len(kept)})
+            trace.append(StepEvent(step=step, scores=[round(b.score, 6) for b in active],
+                                   finished=sum(b.done for b in active), kept=len(kept)))
             if not kept or step == self.max_steps - 1:
                 finished += [self._sample(engine, b) for b in kept]
                 break
@@ -131,7 +132,7 @@ class BeamSearch(Strategy):
                 active += [b] + [b.child(k) for k in kids]
         samples = finished
         chosen = weighted_vote(samples) if self.final == "weighted" else best_scored(samples)
-        trace.append({"event": "choose", "sample": chosen, "final": self.final})
+        trace.append(ChooseEvent(sample=chosen, final=self.final))
         result = self.result(prompt, samples[chosen], samples, trace)
         result.tokens_generated = generated
         return result

@@ -19,6 +19,9 @@ from decodesearch.engine import GREEDY, Branch, Sampler, Stop, StopReason
 from decodesearch.engine.scheduler import SearchEngine
 from decodesearch.scoring.answers import extract_answer
 from decodesearch.strategies.base import SearchResult, Strategy, check_positive_int, make_sample, model_text
+from decodesearch.strategies.trace import (
+    AnswerCueEvent, AnswerEvent, ContextEvent, Event, RewindEvent, ThinkEvent, TriggerEvent,
+)
 
 
 class BudgetForcing(Strategy):
@@ -74,7 +77,8 @@ class BudgetForcing(Strategy):
 
         # `max_tokens` bounds thinking + answer together (a caller's budget, e.g. lm-eval's max_gen_toks).
         think_cap = min(self.max_thinking_tokens, max(0, self.max_tokens - self.max_answer_tokens))
-        thought, ignored, before, trace = 0, 0, [], []
+        thought, ignored, before = 0, 0, []
+        trace: list[Event] = []
         hit_context = False
         while True:
             want = think_cap - thought
@@ -83,7 +87,7 @@ class BudgetForcing(Strategy):
             thought += len(out)
             if limit < want and b.stop_reason not in (StopReason.EOS, StopReason.STOP_STRING):
                 b.stop_reason, hit_context = StopReason.CONTEXT, True
-            trace.append({"event": "think", "tokens": len(out), "stop": b.stop_reason})
+            trace.append(ThinkEvent(tokens=len(out), stop=b.stop_reason))
             ended = b.stop_reason in (StopReason.EOS, StopReason.STOP_STRING)
             wants_more = ignored < self.num_ignore or thought < self.min_thinking_tokens
             if not (ended and wants_more and thought < think_cap):
@@ -91,21 +95,21 @@ class BudgetForcing(Strategy):
             if b.stop_reason == StopReason.STOP_STRING:
                 cut = self._tokens_holding(tok, out, self.end_of_thinking)
                 engine.rewind(b, cut)
-                trace.append({"event": "rewind", "tokens": cut})
+                trace.append(RewindEvent(tokens=cut))
             if len(ignore) + 1 > room():  # no room to force the continuation and still answer
                 b.stop_reason, hit_context = StopReason.CONTEXT, True
-                trace.append({"event": "context", "position": thought})
+                trace.append(ContextEvent(position=thought))
                 break
             answer = extract_answer(model_text(b), explicit=True)
             before.append(answer)
             await engine.extend([b], [ignore])
             ignored += 1
-            trace.append({"event": "trigger", "trigger": self.ignore, "position": thought, "answer_before": answer})
+            trace.append(TriggerEvent(trigger=self.ignore, position=thought, answer_before=answer))
         out: list[int] = []
         cued = room() >= 0
         if cued:
             await engine.extend([b], [cue])
-            trace.append({"event": "answer_cue", "position": thought})
+            trace.append(AnswerCueEvent(position=thought))
             out = (await engine.decode([b], min(self.max_answer_tokens, self.max_tokens - thought), GREEDY, self.stop))[0]
             forced = len(ignore) * ignored + len(cue)
         else:  # the prompt leaves no room for the cue: stop at the context limit, without an answer
@@ -116,8 +120,7 @@ class BudgetForcing(Strategy):
         sample = make_sample(b, thought + len(out), answers_before_triggers=before, tokens_forced=forced)
         if cued:  # the cue opens the box; what fills it is the model's own answer
             sample.answer = extract_answer(self.answer_cue + tok.decode(out, skip_special_tokens=True)) or sample.answer
-        trace.append({"event": "answer", "answer": sample.answer, "tokens": sample.tokens_generated,
-                      "stop": sample.stop_reason})
+        trace.append(AnswerEvent(answer=sample.answer, tokens=sample.tokens_generated, stop=sample.stop_reason))
         return self.result(prompt, sample, [sample], trace)
 
     def ignore_ids(self, tok) -> list[int]:

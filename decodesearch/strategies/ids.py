@@ -73,6 +73,7 @@ from decodesearch.scoring.answers import extract_answer
 from decodesearch.strategies.budget_forcing import BudgetForcing
 from decodesearch.strategies.base import SearchResult, Strategy, check_positive_int, make_sample, model_text
 from decodesearch.strategies.sampling import best_of, vote
+from decodesearch.strategies.trace import AnswerEvent, ChooseEvent, Event, ForkEvent, ThinkEndEvent, TriggerEvent
 
 TRIGGER_PRESETS: dict[str, tuple[str, ...]] = {
     "recheck": ("\n\nWait, let me check each step of the work above again.\n",),
@@ -245,8 +246,8 @@ class IDS(Strategy):
         rngs = [random.Random(b.seed) for b in branches]
         sampled, forced = [0] * self.n, [0] * self.n
         before: list[list[str | None]] = [[] for _ in range(self.n)]
-        trace: list[dict] = [{"event": "fork", "n": self.n, "boundaries": list(self.boundaries),
-                              "schedule": self.schedule, "think": thinks}]
+        trace: list[Event] = [ForkEvent(n=self.n, boundaries=list(self.boundaries), schedule=self.schedule,
+                                        think=thinks)]
 
         def spent(i: int) -> int:  # what counts against max_tokens
             return sampled[i] + (forced[i] if self.count_triggers else 0)
@@ -282,7 +283,7 @@ class IDS(Strategy):
                         continue
                     b.stop_reason = StopReason.LENGTH if spent(i) >= self.max_tokens else StopReason.STOP_STRING
                     phase[i] = "answer"
-                    trace.append({"event": "think_end", "sample": i, "position": sampled[i]})
+                    trace.append(ThinkEndEvent(sample=i, position=sampled[i]))
                     if spent(i) < self.max_tokens:
                         answering.append(i)
                     continue
@@ -302,8 +303,8 @@ class IDS(Strategy):
                         continue
                     answer = extract_answer(model_text(branches[i]), explicit=True)
                     before[i].append(answer)
-                    trace.append({"event": "trigger", "sample": i, "position": sampled[i], "reason": reason,
-                                  "trigger": self.triggers[t], "answer_before": answer})
+                    trace.append(TriggerEvent(sample=i, position=sampled[i], reason=reason, trigger=self.triggers[t],
+                                              answer_before=answer))
                     bs.append(branches[i])
                     ids.append(trigger_ids[t])
                     forced[i] += len(trigger_ids[t])
@@ -314,10 +315,10 @@ class IDS(Strategy):
         samples = [make_sample(b, g, answers_before_triggers=a, tokens_forced=f)
                    for b, g, a, f in zip(branches, sampled, before, forced)]
         for i, s in enumerate(samples):
-            trace.append({"event": "answer", "sample": i, "answer": s.answer, "stop": s.stop_reason,
-                          "tokens": s.tokens_generated, "tokens_forced": s.tokens_forced})
+            trace.append(AnswerEvent(sample=i, answer=s.answer, stop=s.stop_reason, tokens=s.tokens_generated,
+                                     tokens_forced=s.tokens_forced))
         chosen = self._choose(branches, samples, trace)
-        trace.append({"event": "choose", "sample": chosen, "aggregate": self.aggregate})
+        trace.append(ChooseEvent(sample=chosen, aggregate=self.aggregate))
         return self.result(prompt, samples[chosen], samples, trace)
 
     def _mark_think_end(self, tok, branch: Branch, out: list[int]) -> None:

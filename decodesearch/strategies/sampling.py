@@ -14,6 +14,7 @@ from decodesearch.scoring.metrics import vote_index
 from decodesearch.scoring.step_scorers import AGGREGATES, DEFAULT_DELIMITER, make_step_scorer, split_steps
 from decodesearch.scoring.step_scorers import aggregate as aggregate_scores
 from decodesearch.strategies.base import Sample, SearchResult, Strategy, check_positive_int, make_sample
+from decodesearch.strategies.trace import AnswerEvent, ChooseEvent, Event, ForkEvent, ScoreEvent
 
 
 def mean_logprob(sample: Sample, branch: Branch) -> float:
@@ -22,12 +23,13 @@ def mean_logprob(sample: Sample, branch: Branch) -> float:
     return sum(lps) / len(lps) if lps else float("-inf")
 
 
-def best_of(samples: list[Sample], branches: list[Branch], scorer: Callable[[str], float] | None, trace: list) -> int:
+def best_of(samples: list[Sample], branches: list[Branch], scorer: Callable[[str], float] | None,
+            trace: list[Event]) -> int:
     """Index of the highest-scoring sample (ties: the earliest); sets `Sample.score`, traces each
     score. `scorer=None` scores by `mean_logprob`."""
     for i, (s, b) in enumerate(zip(samples, branches)):
         s.score = float(scorer(s.text)) if scorer else mean_logprob(s, b)
-        trace.append({"event": "score", "sample": i, "score": s.score})
+        trace.append(ScoreEvent(sample=i, score=s.score))
     return max(range(len(samples)), key=lambda i: (samples[i].score, -i))
 
 
@@ -67,23 +69,22 @@ class Sampling(Strategy):
     def peak_rows(self, max_rows: int) -> int:
         return self.n + 1
 
-    async def draw(self, engine: SearchEngine, root: Branch) -> tuple[list[Branch], list[Sample], list[dict]]:
+    async def draw(self, engine: SearchEngine, root: Branch) -> tuple[list[Branch], list[Sample], list[Event]]:
         branches = await engine.fork(root, self.n)
         outs = await engine.decode(branches, self.max_tokens, self.sampler, self.stop)
         samples = [make_sample(b, len(o)) for b, o in zip(branches, outs)]
-        trace = [{"event": "fork", "n": self.n}] + [
-            {"event": "answer", "sample": i, "answer": s.answer, "stop": s.stop_reason} for i, s in enumerate(samples)
-        ]
+        trace: list[Event] = [ForkEvent(n=self.n)]
+        trace += [AnswerEvent(sample=i, answer=s.answer, stop=s.stop_reason) for i, s in enumerate(samples)]
         return branches, samples, trace
 
     async def choose(self, engine: SearchEngine, prompt: str, branches: list[Branch], samples: list[Sample],
-                     trace: list[dict]) -> int:
+                     trace: list[Event]) -> int:
         return 0
 
     async def search(self, engine: SearchEngine, root: Branch, prompt: str) -> SearchResult:
         branches, samples, trace = await self.draw(engine, root)
         chosen = await self.choose(engine, prompt, branches, samples, trace)
-        trace.append({"event": "choose", "sample": chosen})
+        trace.append(ChooseEvent(sample=chosen))
         return self.result(prompt, samples[chosen], samples, trace)
 
 
@@ -148,7 +149,7 @@ class BestOfN(Sampling):
         scores = await self.step_scorer.score_steps(engine, prompt, steps, **extra)
         for i, (s, sc) in enumerate(zip(samples, scores)):
             s.score = aggregate_scores(sc, self.aggregate)
-            trace.append({"event": "score", "sample": i, "score": s.score, "steps": len(sc)})
+            trace.append(ScoreEvent(sample=i, score=s.score, steps=len(sc)))
         return weighted_vote(samples) if self.weighted else best_scored(samples)
 
 

@@ -18,6 +18,7 @@ from decodesearch.engine import GREEDY, Branch, Sampler, Stop, StopReason, deriv
 from decodesearch.engine.engine import CapacityError
 from decodesearch.engine.scheduler import SearchEngine
 from decodesearch.scoring.judge import OPTIONAL_EVALUATOR_MEMBERS, Evaluator
+from decodesearch.strategies.trace import Event, SearchEvent
 
 from .settings import RainSettings
 from .tree import Candidate, RainNode, RainTree, token_set_length
@@ -311,7 +312,7 @@ class RainSearch:
         response = cut_after_last(self.tok.decode(list(tokens), skip_special_tokens=True), s.judge_cut)
         return s.context_format.replace("{prompt}", self.prompt).replace("{response}", response)
 
-    async def search_once(self, trace: list | None = None) -> float:
+    async def search_once(self, trace: list[Event] | None = None) -> float:
         """One inner-loop iteration: select, roll out + expand in one batch, rewind, evaluate, back up.
         Returns the leaf's value."""
         s, engine = self.settings, self.engine
@@ -358,9 +359,8 @@ class RainSearch:
         leaf.evals += 1
         self.total_searches += 1
         if trace is not None:
-            trace.append({"event": "search", "search": self.total_searches, "depth": len(path) - 1,
-                          "leaf_tokens": list(leaf.tokens), "rollout_tokens": len(rollout), "value": v,
-                          "terminal": leaf.terminal})
+            trace.append(SearchEvent(search=self.total_searches, depth=len(path) - 1, leaf_tokens=list(leaf.tokens),
+                                     rollout_tokens=len(rollout), value=v, terminal=leaf.terminal))
         return v
 
     def _backup(self, path: list[RainNode], v: float, full: list[int]) -> None:
@@ -373,7 +373,7 @@ class RainSearch:
             embs = {id(node): vecs[i] for i, node in enumerate(path[1:])}
         self.tree.backup(path, v, embs)
 
-    async def run_inner_loop(self, trace: list | None = None) -> int:
+    async def run_inner_loop(self, trace: list[Event] | None = None) -> int:
         """Searches until the stopping rule holds; returns how many ran."""
         s = self.settings
         start = self.root.visits

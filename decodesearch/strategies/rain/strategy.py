@@ -15,6 +15,7 @@ from decodesearch.scoring.answers import extract_answer
 from decodesearch.scoring.embeddings import EMBEDDERS, make_embedder
 from decodesearch.scoring.judge import DEFAULT_CONTEXT_FORMAT, as_evaluator
 from decodesearch.strategies.base import PromptFormat, Sample, SearchResult, Strategy
+from decodesearch.strategies.trace import CommitEvent, DoneEvent, EngineStatsEvent, Event
 
 from .search import RainSearch, judge_rows
 from .settings import RainSettings, preset_options
@@ -154,7 +155,7 @@ class RAIN(Strategy):
         return self.evaluator
 
     async def search(self, engine: SearchEngine, root: Branch, prompt: str) -> SearchResult:
-        trace: list[dict] = []
+        trace: list[Event] = []
         embedder = self.embedder_for(engine.engine)
         state = RainSearch(self.settings, engine, root, prompt, self.evaluator, embedder)
         try:
@@ -168,23 +169,22 @@ class RAIN(Strategy):
                 chosen = state.root.children.index(state.most_visited())
                 node = await state.commit()
                 commits += 1
-                event = {"event": "commit", "commit": commits, "searches": ran, "root_visits": visits,
-                         "children": summary, "chosen": chosen, "committed_tokens": list(node.tokens),
-                         "committed_text": summary[chosen]["text"],
-                         "response_tokens": len(state.committed) - state.prompt_len}
-                event.update({k: state.counters[k] - before[k] for k in state.counters})
-                event["tokens_forwarded"] = engine.stats.tokens_forwarded - fwd0
-                event["forward_calls"] = engine.stats.forward_calls - calls0
-                trace.append(event)
+                trace.append(CommitEvent(
+                    commit=commits, searches=ran, root_visits=visits, children=summary, chosen=chosen,
+                    committed_tokens=list(node.tokens), committed_text=summary[chosen]["text"],
+                    response_tokens=len(state.committed) - state.prompt_len,
+                    counters={k: state.counters[k] - before[k] for k in state.counters},
+                    tokens_forwarded=engine.stats.tokens_forwarded - fwd0,
+                    forward_calls=engine.stats.forward_calls - calls0))
             resp = state.committed[state.prompt_len:]
         finally:
             state.close()
-        trace.append({"event": "engine_stats", **engine.stats.as_dict()})  # this search's share
+        trace.append(EngineStatsEvent(stats=engine.stats.as_dict()))  # this search's share
         judge_stats = getattr(self.evaluator, "stats", None)
-        trace.append({"event": "done", "stop_reason": state.done, "commits": commits,
-                      "searches": state.total_searches, **state.counters,
-                      "evaluator": judge_stats() if callable(judge_stats) else {},
-                      "embedder": type(embedder).__name__ if embedder is not None else None})
+        trace.append(DoneEvent(stop_reason=state.done, commits=commits, searches=state.total_searches,
+                               counters=dict(state.counters),
+                               evaluator=judge_stats() if callable(judge_stats) else {},
+                               embedder=type(embedder).__name__ if embedder is not None else None))
         text = engine.tokenizer.decode(resp, skip_special_tokens=True)
         sample = Sample(text=text, answer=extract_answer(text), tokens_generated=len(resp), token_ids=list(resp),
                         stop_reason=state.done)
