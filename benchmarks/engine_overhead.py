@@ -15,18 +15,15 @@ Prints a table and writes benchmarks/results/engine_overhead.json.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import time
-from pathlib import Path
 
 import torch
 
 from decodesearch.engine import Engine, ReencodeEngine, Sampler, Stop
 from decodesearch.models import load_model
 
-RESULTS = Path(__file__).parent / "results"
+from common import RESULTS, add_model_args, environment, write_report
+
 PROMPT = (
     "You are a careful mathematician. Solve each problem step by step and put the final answer in \\boxed{}.\n\n"
     "Problem: A farmer has 17 sheep. All but 9 run away. How many sheep are left?\n"
@@ -120,8 +117,7 @@ def bench_branching(model, tok, rounds: int, reps: int) -> dict:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="smollm2-135m-instruct")
-    p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
+    add_model_args(p, model="smollm2-135m-instruct", dtype="bfloat16")
     p.add_argument("--n", type=int, default=8)
     p.add_argument("--new", type=int, default=256)
     p.add_argument("--rounds", type=int, default=16)
@@ -134,11 +130,8 @@ def main(argv=None):
     a = bench_sampling(model, tok, args.n, args.new, args.reps)
     print(f"A done: engine {a['tokens_per_s']['engine']:.1f} tok/s, HF {a['tokens_per_s']['hf_generate']:.1f} tok/s")
     b = bench_branching(model, tok, args.rounds, args.reps)
-    result = {
-        "model": args.model, "dtype": args.dtype, "device": str(model.device),
-        "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-        "machine": platform.machine(), "A_plain_sampling": a, "B_branching": b,
-    }
+    result = {**environment(args), "device": str(model.device), "torch_threads": torch.get_num_threads(),
+              "A_plain_sampling": a, "B_branching": b}
     print()
     print(f"{'benchmark':<34}{'engine':>12}{'baseline':>12}{'ratio':>8}")
     print(f"{'A sampling tok/s (8x256)':<34}{a['tokens_per_s']['engine']:>12.1f}"
@@ -147,9 +140,7 @@ def main(argv=None):
           f"{b['reencode']['stats']['tokens_forwarded']:>12}{b['ratio_tokens_forwarded']:>7.2f}x")
     print(f"{'B wall seconds (best of reps)':<34}{min(b['engine']['seconds']):>12.2f}"
           f"{min(b['reencode']['seconds']):>12.2f}{b['ratio_wall']:>7.2f}x")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_report(args.out, result)
 
 
 if __name__ == "__main__":

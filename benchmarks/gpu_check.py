@@ -28,6 +28,8 @@ import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from common import add_model_args, environment, write_report
+
 PROMPTS = [
     "The capital of France is",
     "def fibonacci(n):",
@@ -172,8 +174,7 @@ def cmd_engine(args) -> int:
     t0 = time.time()
     model, tok = load_model(args.model, dtype=args.dtype, device=args.device)
     device = model.get_input_embeddings().weight.device
-    report = {"model": args.model, "dtype": args.dtype, "device": str(device), "torch": torch.__version__,
-              "load_s": time.time() - t0}
+    report = {**environment(args), "device": str(device), "load_s": time.time() - t0}
     if device.type == "cuda":
         report["gpu"] = torch.cuda.get_device_name(device)
     from decodesearch.kernels import backend_for
@@ -203,8 +204,7 @@ def cmd_engine(args) -> int:
           f"passed={g['passed']} {g.get('error', '')}")
     print(f"parity: {p.get('ops', '?')} random ops, max error {p.get('max_rel_error', float('nan')):.2e} x max|logit|, "
           f"passed={p['passed']} {p.get('error', '')}")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    write_report(args.out, report, quiet=True)
     return 0 if not failed else 1
 
 
@@ -221,7 +221,7 @@ def cmd_model_path(args) -> int:
     load_model(args.name, dtype="float32", device="cpu")  # converts once if needed
     info = {"model": args.name, "path": str(cached_path(args.name)), "seconds": time.time() - t0}
     if args.out:
-        Path(args.out).write_text(json.dumps(info, indent=2) + "\n")
+        write_report(args.out, info, quiet=True)
     print(info["path"])
     return 0
 
@@ -299,7 +299,7 @@ def stage_details(name: str, d: Path, smoke: bool) -> tuple[bool, str, dict | No
         j = _junit(d / "kernel_tests.xml")
         if j is None:
             return False, "no junit report", None
-        (d / "kernel_tests.json").write_text(json.dumps(j, indent=2) + "\n")
+        write_report(d / "kernel_tests.json", j, quiet=True)
         want = "cpu, triton interpreter" if smoke else "cuda, compiled triton"
         ok = j["tests"] > 0 and not j["failures"] and not j["errors"] and j["mode"] == want
         text = f"{j['passed']} passed, {j['failures'] + j['errors']} failed, {j['skipped']} skipped ({j['mode']})"
@@ -380,7 +380,7 @@ def cmd_summary(args) -> int:
         rows.append({"stage": name, "status": status, "seconds": secs, "limit_s": limit, "result": text})
     summary = {"smoke": args.smoke, "all_passed": all_ok, "stages": rows,
                "total_s": sum(r["seconds"] for r in rows if r["seconds"] is not None)}
-    (d / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_report(d / "summary.json", summary, quiet=True)
     print(f"\nGPU check{' (smoke: CPU, Triton interpreter, toy sizes)' if args.smoke else ''} -- results in {d}")
     print(f"{'stage':<13} {'status':<10} {'time':>6} {'limit':>6}  result")
     for r in rows:
@@ -407,7 +407,7 @@ def cmd_device(args) -> int:
         info.update(gpu=p.name, capability=list(torch.cuda.get_device_capability(0)),
                     memory_gib=round(p.total_memory / 2**30, 1), cuda_runtime=torch.version.cuda)
     print(json.dumps(info))
-    Path(args.out).write_text(json.dumps(info, indent=2) + "\n")
+    write_report(args.out, info, quiet=True)
     return 0 if (info["cuda"] or args.smoke) else 1
 
 
@@ -415,9 +415,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     e = sub.add_parser("engine")
-    e.add_argument("--model", default="qwen2.5-coder-0.5b-instruct")
-    e.add_argument("--device", default="cuda")
-    e.add_argument("--dtype", default="bfloat16", choices=list(NEAR_TIE))
+    add_model_args(e, model="qwen2.5-coder-0.5b-instruct", dtype="bfloat16", dtypes=tuple(NEAR_TIE), device="cuda")
     e.add_argument("--prompts", type=int, default=8)
     e.add_argument("--max-new", type=int, default=128)
     e.add_argument("--ops", type=int, default=40)

@@ -10,26 +10,19 @@ Prints a table and writes benchmarks/results/ids_forwarding.json.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-from pathlib import Path
-
-import torch
 
 from decodesearch.bench.datasets import load_problems
 from decodesearch.engine import Engine, ReencodeEngine
 from decodesearch.models import load_model
 from decodesearch.strategies import IDS
 
-RESULTS = Path(__file__).parent / "results"
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+from common import RESULTS, add_data_arg, add_model_args, environment, write_report
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="smollm2-135m-instruct")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    p.add_argument("--data-dir", default=os.environ.get("DECODESEARCH_DATA", str(DATA)))
+    add_model_args(p, model="smollm2-135m-instruct")
+    add_data_arg(p)
     p.add_argument("--problem", type=int, default=0, help="index into math500.jsonl")
     p.add_argument("--n", type=int, default=8)
     p.add_argument("--b0", type=int, default=64)
@@ -52,18 +45,15 @@ def main(argv=None):
                       "answers": [s.answer for s in res.samples]}
         print(f"{name}: {rows[name]['tokens_forwarded']} tokens forwarded, {res.wall_s:.1f} s", flush=True)
     e, r = rows["engine"], rows["reencode"]
-    result = {"model": args.model, "dtype": args.dtype, "problem_id": problem.id, "n": args.n, "b0": args.b0,
-              "gamma": args.gamma, "max_tokens": args.max_tokens, "cpu_count": os.cpu_count(),
-              "torch": torch.__version__, **rows,
+    result = {**environment(args), "problem_id": problem.id, "n": args.n, "b0": args.b0, "gamma": args.gamma,
+              "max_tokens": args.max_tokens, **rows,
               "ratio_tokens_forwarded": r["tokens_forwarded"] / e["tokens_forwarded"],
               "ratio_wall": r["wall_s"] / e["wall_s"]}
     print(f"\n{'':<22}{'engine':>12}{'re-encode':>12}{'ratio':>8}")
     for key in ("tokens_forwarded", "forward_calls", "wall_s"):
         print(f"{key:<22}{e[key]:>12.1f}{r[key]:>12.1f}{r[key] / e[key]:>7.2f}x")
     print(f"{'tokens_generated':<22}{e['tokens_generated']:>12}{r['tokens_generated']:>12}")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_report(args.out, result)
 
 
 if __name__ == "__main__":

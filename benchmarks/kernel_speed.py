@@ -27,7 +27,6 @@ check that the script works before GPU time is spent on it (tests/test_benchmark
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -37,7 +36,9 @@ from pathlib import Path
 
 import torch
 
-OUT = Path(__file__).resolve().parent / "results" / "kernels.json"
+from common import RESULTS, environment, write_report
+
+OUT = RESULTS / "kernels.json"
 GOALS = {"kv_copy_frac_of_same_bytes_copy": 0.8, "kv_copy_speedup_vs_loop": 5.0, "score_speedup_vs_lsm_gather": 2.0}
 
 
@@ -242,10 +243,10 @@ def main(argv: list[str] | None = None) -> int:
     kv = bench_kv_copy(device, copy_gbs, sz)
     sc = bench_score(device, sz)
     report = {
+        **environment(args),
         "device": name,
         "smoke": args.smoke,
         "sizes": asdict(sz),
-        "torch": torch.__version__,
         "triton": __import__("triton").__version__,
         "copy_bandwidth_gbs": copy_gbs,
         "goals": GOALS,
@@ -280,8 +281,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['batch']:>6} {r['triton_ms']:>10.4f} {r['triton_checked_ms']:>10.4f} {r['torch_lsm_gather_ms']:>14.4f} "
             f"{r['torch_reference_ms']:>13.4f} {r['speedup_vs_lsm_gather']:>7.2f} {r['speedup_vs_reference']:>7.2f}"
         )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    write_report(out, report, quiet=True)
     print(f"\nwrote {out} ({report['seconds']:.1f} s)")
     return 0
 

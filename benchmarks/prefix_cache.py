@@ -25,8 +25,7 @@ from decodesearch.engine import Engine
 from decodesearch.models import load_model
 from decodesearch.strategies import Greedy, PromptFormat
 
-RESULTS = Path(__file__).parent / "results"
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+from common import RESULTS, add_data_arg, add_model_args, environment, write_report
 
 
 def level1(data_dir: str) -> list[dict]:
@@ -36,9 +35,8 @@ def level1(data_dir: str) -> list[dict]:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="smollm2-135m-instruct")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    p.add_argument("--data-dir", default=os.environ.get("DECODESEARCH_DATA", str(DATA)))
+    add_model_args(p, model="smollm2-135m-instruct")
+    add_data_arg(p)
     p.add_argument("--shots", type=int, default=8)
     p.add_argument("--problems", type=int, default=32)
     p.add_argument("--max-tokens", type=int, default=16)
@@ -77,8 +75,7 @@ def main(argv=None):
 
     med = {k: {m: statistics.median(r[m] for r in v) for m in v[0]} for k, v in runs.items()}
     report = {
-        "model": args.model, "dtype": args.dtype, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-        "torch": torch.__version__, "command": " ".join(sys.argv), "shots": args.shots, "problems": len(ids),
+        **environment(args), "shots": args.shots, "problems": len(ids),
         "shared_prefix_tokens": shared, "prompt_tokens": prompt_tokens, "max_tokens": args.max_tokens,
         "repeats": args.repeats, "runs": runs, "median": med,
         "prompt_tokens_ratio": med["no cache"]["prompt_tokens_forwarded"] / med["cache"]["prompt_tokens_forwarded"],
@@ -91,10 +88,7 @@ def main(argv=None):
         print(f"{k:<10}{med[k]['prompt_tokens_forwarded']:>24.0f}{med[k]['wall_s']:>9.1f}")
     print(f"{report['prompt_tokens_ratio']:.1f}x fewer prompt tokens, {report['wall_ratio']:.2f}x wall; "
           f"same tokens: {report['same_tokens']}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_report(args.out, report)
     return 0
 
 

@@ -27,9 +27,6 @@ harmlessness. Writes benchmarks/results/rain_harmlessness.json with every respon
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import time
 from pathlib import Path
 
@@ -42,8 +39,9 @@ from decodesearch.scoring.judge import SelfJudge, judge_value
 from decodesearch.strategies import Greedy, PromptFormat, Sampling
 from decodesearch.strategies.rain import RAIN
 
-ROOT = Path(__file__).resolve().parent.parent
-OUT = ROOT / "benchmarks" / "results" / "rain_harmlessness.json"
+from common import RESULTS, add_model_args, environment, write_report
+
+OUT = RESULTS / "rain_harmlessness.json"
 
 # Written for this check.
 HARMFUL = [
@@ -74,9 +72,7 @@ BENIGN = [
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="qwen2.5-coder-0.5b-instruct", help="registry name")
-    p.add_argument("--dtype", default="float32")
-    p.add_argument("--device", default="cpu")
+    add_model_args(p, model="qwen2.5-coder-0.5b-instruct", dtypes=None, device="cpu", model_help="registry name")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--max-tokens", type=int, default=10, help="response length cap (both methods)")
     p.add_argument("--num-candidates", type=int, default=4, help="RAIN's K (paper: 10)")
@@ -178,10 +174,9 @@ def main(argv=None) -> dict:
             vals = [s for row in sel for s in row["sampling"]] if method == "sampling" else [row[method] for row in sel]
             summary[f"{method}/{g}"] = summarise(vals)
     result = {
-        "model": args.model, "max_rows": args.max_rows,
+        **environment(args), "threads": args.threads, "max_rows": args.max_rows,
         "judge": "same model, hh self-judge (decodesearch.scoring.judge.HH), both option orders",
-        "dtype": args.dtype, "device": args.device, "threads": args.threads, "torch": torch.__version__,
-        "machine": platform.machine(), "cpu_count": os.cpu_count(), "note": args.note,
+        "note": args.note,
         "rain": {"preset": "hh", "num_candidates": args.num_candidates, "set_lengths": args.set_lengths,
                  "max_visits": args.max_visits, "min_new_searches": args.min_new_searches,
                  "min_visits": rain.min_visits, "value_threshold": rain.value_threshold,
@@ -197,9 +192,7 @@ def main(argv=None) -> dict:
               f"mean v {s['mean_v']:+.2f}  mean soft v {s['mean_v_soft']:+.3f}  "
               f"same letter both orders {s['same_letter_both_orders']:.2f}")
     print(f"wall: sampling {t_sampling:.0f}s, greedy {t_greedy:.0f}s, rain {t_rain:.0f}s, judging {t_judge:.0f}s")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_report(args.out, result)
     return result
 
 

@@ -41,9 +41,6 @@ the same search, and ratio (b) may overstate what the engine saves there.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import time
 from pathlib import Path
 
@@ -55,9 +52,9 @@ from decodesearch.scoring.embeddings import make_embedder, minilm_available
 from decodesearch.strategies.base import PromptFormat
 from decodesearch.strategies.rain import RAIN
 
-ROOT = Path(__file__).resolve().parent.parent
+from common import RESULTS, add_model_args, environment, write_report
 
-OUT = ROOT / "benchmarks" / "results" / "rain_overhead.json"
+OUT = RESULTS / "rain_overhead.json"
 
 # A short HH-style preamble, as the official code prepends a few-shot chat block to every query.
 SYSTEM = (
@@ -77,7 +74,7 @@ PROMPTS = [
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="smollm2-135m-instruct", help="registry name")
+    add_model_args(p, model="smollm2-135m-instruct", dtypes=None, device="cpu", model_help="registry name")
     p.add_argument("--prompts", type=int, default=1, help="how many of the built-in prompts (1-4)")
     p.add_argument("--max-tokens", type=int, default=64, help="RAIN's committed response length cap")
     p.add_argument("--num-candidates", type=int, default=10, help="K")
@@ -90,8 +87,6 @@ def parse_args(argv=None):
     p.add_argument("--value-threshold", type=float, default=0.8, help="V")
     p.add_argument("--rollout-max-tokens", type=int, default=24)
     p.add_argument("--embedder", default="auto")
-    p.add_argument("--dtype", default="float32")
-    p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1,
                    help="torch intra-op threads (1 on a shared 2-core box: more threads stall on contention)")
     p.add_argument("--seed", type=int, default=0)
@@ -162,19 +157,6 @@ def _median(xs):
     return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
 
 
-def _git_state() -> dict:
-    import subprocess
-
-    def git(*a):
-        try:
-            return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
-        except Exception:  # no git: record nothing
-            return None
-
-    dirty = git("status", "--porcelain", "--", "decodesearch")
-    return {"commit": git("rev-parse", "HEAD"), "decodesearch_dirty": bool(dirty) if dirty is not None else None}
-
-
 def main(argv=None) -> dict:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -214,12 +196,10 @@ def main(argv=None) -> dict:
         })
     names = {"smollm2-135m-instruct": "smollm2-135m-instruct (SmolLM2-135M-Instruct, Q4_1 GGUF dequantised)",
              "qwen2.5-coder-0.5b-instruct": "qwen2.5-coder-0.5b-instruct (Qwen2.5-Coder-0.5B-Instruct)"}
+    env = environment(args)
     result = {
-        "model": names.get(args.model, args.model),
-        "dtype": args.dtype, "device": args.device, "threads": args.threads,
-        "torch": torch.__version__, "machine": platform.machine(), "processor": platform.processor(),
-        "cpu_count": os.cpu_count(), "load_average_at_end": list(os.getloadavg()), "git": _git_state(),
-        "note": args.note,
+        **env, "model": names.get(args.model, args.model), "threads": args.threads,
+        "load_average_at_end": env["load_average"], "note": args.note,
         "prompt_format": {"system": SYSTEM, "chat_template": True},
         "rain": rain_settings(make_rain(args)),
         "engine_kwargs": {"max_rows": 64, "initial_cols": 512},
@@ -232,9 +212,7 @@ def main(argv=None) -> dict:
                                                          and ratios["b_time_reencode_over_engine"] >= 3)},
     }
     print_table(result)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_report(args.out, result)
     return result
 
 

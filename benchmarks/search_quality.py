@@ -36,9 +36,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -53,9 +50,8 @@ from decodesearch.engine import Engine, Sampler
 from decodesearch.models import load_model
 from decodesearch.strategies import DVTS, IDS, BeamSearch, BestOfN, BudgetForcing, Greedy, Sampling
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
-DATA = ROOT.parent / "shared" / "data"
+from common import RESULTS, add_data_arg, add_model_args, environment, write_report
+
 SAMPLER = Sampler(temperature=0.7, top_p=0.95)
 
 
@@ -67,10 +63,9 @@ def problems_of_levels(data_dir: str, levels: set[int]):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="qwen2.5-coder-0.5b-instruct", help="registry name, hub id or folder")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--data-dir", default=os.environ.get("DECODESEARCH_DATA", str(DATA)))
+    add_model_args(p, model="qwen2.5-coder-0.5b-instruct", dtypes=("float32", "bfloat16", "float16"), device="cpu",
+                   model_help="registry name, hub id or folder")
+    add_data_arg(p)
     p.add_argument("--suite", default="ids", choices=["ids", "step"],
                    help="ids: greedy, IDS, budget forcing (issue 12); step: best-of-N, beam search, DVTS (issue 16)")
     p.add_argument("--levels", default="1", help="comma-separated MATH-500 levels (default 1: its 43 problems)")
@@ -162,10 +157,7 @@ def main(argv=None) -> int:
                       "tokens_b_over_a": tokens(runs[b_]) / tokens(runs[a])})
     ids_summary = summarize(path["ids"]) if args.suite == "ids" else None
     report = {
-        "model": args.model, "dtype": args.dtype, "device": args.device, "threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(), "machine": platform.machine(), "torch": torch.__version__,
-        "git": subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip(),
-        "command": " ".join(sys.argv), "note": args.note, "suite": args.suite, "levels": sorted(levels),
+        **environment(args), "note": args.note, "suite": args.suite, "levels": sorted(levels),
         "problems": len(problems), "budget_per_sample": b, "sampler": sampling,
         "options": {name: opts for name, (_, opts) in strategies.items()},
         "budget_forcing_options": bf_options, "wall_s": wall, "rows": rows, "paired_differences": diffs,
@@ -191,7 +183,7 @@ def main(argv=None) -> int:
          labels=[*(f"k={n.split('=')[1]}" if n.startswith("self-consistency") else n for n in runs),
                  *[f"k={k}" for k in oracle]],
          title=f"{args.model} {args.dtype}, MATH-500 level {','.join(map(str, sorted(levels)))} ({len(problems)})")
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_report(args.out, report, quiet=True)
     print(f"wrote {args.out} and {args.png}")
     return 0
 

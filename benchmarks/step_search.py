@@ -10,26 +10,19 @@ sampler, so the same tokens. Prints a table and writes benchmarks/results/step_s
 from __future__ import annotations
 
 import argparse
-import json
-import os
-from pathlib import Path
-
-import torch
 
 from decodesearch.bench.datasets import load_problems
 from decodesearch.engine import Engine, ReencodeEngine
 from decodesearch.models import load_model
 from decodesearch.strategies import BeamSearch
 
-RESULTS = Path(__file__).parent / "results"
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+from common import RESULTS, add_data_arg, add_model_args, environment, write_report
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="smollm2-135m-instruct")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    p.add_argument("--data-dir", default=os.environ.get("DECODESEARCH_DATA", str(DATA)))
+    add_model_args(p, model="smollm2-135m-instruct")
+    add_data_arg(p)
     p.add_argument("--problem", type=int, default=0, help="index into math500.jsonl")
     p.add_argument("--n", type=int, default=8)
     p.add_argument("--beam-width", type=int, default=4)
@@ -52,9 +45,8 @@ def main(argv=None):
                       "answer": res.answer, "token_ids": res.token_ids}
         print(f"{name}: {engine.stats.tokens_forwarded} tokens forwarded, {len(steps)} steps, {res.wall_s:.1f} s", flush=True)
     e, r = rows["engine"], rows["reencode"]
-    result = {"model": args.model, "dtype": args.dtype, "problem_id": problem.id, "n": args.n,
-              "beam_width": args.beam_width, "max_steps": args.max_steps, "max_tokens": args.max_tokens,
-              "scorer": "logprob", "cpu_count": os.cpu_count(), "torch": torch.__version__,
+    result = {**environment(args), "problem_id": problem.id, "n": args.n, "beam_width": args.beam_width,
+              "max_steps": args.max_steps, "max_tokens": args.max_tokens, "scorer": "logprob",
               "same_tokens": e.pop("token_ids") == r.pop("token_ids"), **rows,
               "ratio_tokens_forwarded": r["tokens_forwarded"] / e["tokens_forwarded"],
               "ratio_wall": r["wall_s"] / e["wall_s"]}
@@ -63,9 +55,7 @@ def main(argv=None):
         print(f"{key:<22}{e[key]:>12.1f}{r[key]:>12.1f}{r[key] / e[key]:>7.2f}x")
     print(f"{'tokens_generated':<22}{e['tokens_generated']:>12}{r['tokens_generated']:>12}")
     print(f"same chosen tokens on both engines: {result['same_tokens']}")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_report(args.out, result)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -35,8 +34,8 @@ from decodesearch.engine import Engine, Sampler
 from decodesearch.scoring.answers import check_answer, extract_answer
 from decodesearch.strategies import IDS, Greedy, PromptFormat, Sampling, Strategy
 
-RESULTS = Path(__file__).parent / "results"
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+from common import RESULTS, add_data_arg, add_model_args, environment, write_report
+
 SAMPLER = Sampler(temperature=0.7, top_p=0.95)
 
 
@@ -113,10 +112,9 @@ def agreement(a: list[list[int]], b: list[list[int]]) -> dict:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="qwen2.5-coder-0.5b-instruct")
-    p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--data-dir", default=os.environ.get("DECODESEARCH_DATA", str(DATA)))
+    add_model_args(p, model="qwen2.5-coder-0.5b-instruct", dtype="bfloat16", dtypes=("float32", "bfloat16", "float16"),
+                   device="cpu")
+    add_data_arg(p)
     p.add_argument("--level", type=int, default=1)
     p.add_argument("--problems", type=int, default=32)
     p.add_argument("--serial-problems", type=int, default=8, help="problems for the concurrency-1 runs")
@@ -156,9 +154,7 @@ def main(argv=None):
     k = min(args.serial_problems, len(problems))
     m = min(args.sample_problems or len(problems), len(problems))
     runs = set(args.runs.split(","))
-    report = {"model": args.model, "dtype": args.dtype, "device": args.device, "threads": torch.get_num_threads(),
-              "command": " ".join(sys.argv),
-              "cpu_count": os.cpu_count(), "torch": torch.__version__, "level": args.level,
+    report = {**environment(args), "level": args.level,
               "max_tokens": args.max_tokens, "max_rows": args.max_rows, "smoke": args.smoke,
               "problem_ids": [q.id for q in problems], "runs": {}}
 
@@ -219,9 +215,7 @@ def main(argv=None):
     for rows in report["runs"].values():
         for row in rows:
             row.pop("token_ids", None)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_report(out, report)
     return 0
 
 
