@@ -39,7 +39,7 @@ def main(argv=None):
         extra = {"miss_on_extend": True} if cls is ReencodeEngine else {}
         engine = cls(model, tok, max_rows=args.n + 1, **extra)
         res = ids.run(engine, [problem.problem])[0]
-        triggers = sum(e["event"] == "trigger" for e in res.trace)
+        triggers = sum(e.event == "trigger" for e in res.trace)
         rows[name] = {"tokens_forwarded": engine.stats.tokens_forwarded, "tokens_generated": res.tokens_generated,
                       "triggers": triggers, "forward_calls": engine.stats.forward_calls, "wall_s": res.wall_s,
                       "answers": [s.answer for s in res.samples]}

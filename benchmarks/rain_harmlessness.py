@@ -164,7 +164,7 @@ def main(argv=None) -> dict:
         k = args.samples
         rows.append({"prompt": p, "group": g,
                      "rain": {"text": r.text, **rain_v[i], "tokens": r.tokens_generated,
-                              "searches": done["searches"], "commits": done["commits"], "stop": done["stop_reason"]},
+                              "searches": done.searches, "commits": done.commits, "stop": done.stop_reason},
                      "greedy": {"text": greedy_out[i].text, **greedy_v[i]},
                      "sampling": [{"text": s.text, **v} for s, v in zip(sampled[i].samples, samp_v[i * k:(i + 1) * k])]})
     summary = {}

@@ -126,11 +126,11 @@ def run_rain(engine_cls, model, tok, prompts, args) -> dict:
         done = r.trace[-1]
         rows.append({"prompt": r.prompt, "text": r.text, "token_ids": r.token_ids, "tokens": len(r.token_ids),
                      "wall_s": r.wall_s, "tokens_forwarded": r.tokens_forwarded,
-                     "forward_calls": r.trace[-2]["forward_calls"], "commits": done["commits"],
-                     "searches": done["searches"], "rewinds": done["rewinds"], "stop_reason": done["stop_reason"]})
+                     "forward_calls": r.trace[-2].stats["forward_calls"], "commits": done.commits,
+                     "searches": done.searches, "rewinds": done.counters["rewinds"], "stop_reason": done.stop_reason})
     return {"engine": engine_cls.__name__, "wall_s": wall, "tokens_forwarded": engine.stats.tokens_forwarded,
             "forward_calls": engine.stats.forward_calls, "peak_rows": engine.stats.peak_rows,
-            "peak_kv_bytes": engine.stats.peak_kv_bytes, "evaluator": results[-1].trace[-1]["evaluator"],
+            "peak_kv_bytes": engine.stats.peak_kv_bytes, "evaluator": results[-1].trace[-1].evaluator,
             "prompts": rows}
 
 

@@ -39,7 +39,7 @@ def main(argv=None):
                            max_tokens=args.max_tokens, seed=0)
         engine = cls(model, tok, max_rows=args.n + 2)
         res = strat.run(engine, [problem.problem])[0]
-        steps = [e for e in res.trace if e["event"] == "step"]
+        steps = [e for e in res.trace if e.event == "step"]
         rows[name] = {"tokens_forwarded": engine.stats.tokens_forwarded, "tokens_generated": res.tokens_generated,
                       "steps": len(steps), "forward_calls": engine.stats.forward_calls, "wall_s": res.wall_s,
                       "answer": res.answer, "token_ids": res.token_ids}

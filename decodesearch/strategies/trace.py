@@ -5,7 +5,6 @@ Every event has its kind's name in `event` (a class attribute, readable on insta
 results files: `{"event": name, **fields}` in field order. A field whose default is None is
 optional: it is left out of `as_dict()` while None (a strategy that does not write it). A field
 marked `spread` (a dict of counters) is written key by key in its place, not as one nested dict.
-`e["key"]` reads `as_dict()["key"]`, for code written against the dict traces.
 
 Who writes what:
 
@@ -46,11 +45,6 @@ class Event:
             elif value is not None or f.default is not None:
                 out[f.name] = value
         return out
-
-    def __getitem__(self, key: str) -> Any:
-        return self.as_dict()[key]
-
-    __iter__ = None  # `e[key]` is a lookup, not a sequence: `iter(e)` is a TypeError
 
 
 @dataclass(frozen=True, kw_only=True)
