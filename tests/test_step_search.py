@@ -16,7 +16,7 @@ from decodesearch.scoring.step_scorers import (
 from decodesearch.strategies import DVTS, BeamSearch, BestOfN, PromptFormat, make_strategy
 from decodesearch.strategies.base import Sample
 from decodesearch.strategies.beam_search import Beam
-from decodesearch.strategies.sampling import weighted_vote
+from decodesearch.strategies.independent_samples import weighted_vote
 
 PLAIN = PromptFormat(instruction=None, chat=False)
 

@@ -12,7 +12,7 @@ from decodesearch.strategies import (
     IDS, BestOfN, BudgetForcing, PromptFormat, Sample, Sampling, SelfConsistency, make_strategy,
 )
 from decodesearch.strategies.ids import DEFAULT_TRIGGERS, budget_boundaries, segment_boundaries
-from decodesearch.strategies.sampling import vote
+from decodesearch.strategies.independent_samples import vote
 from decodesearch.strategies.trace import AnswerEvent, CommitEvent, Event, ForkEvent, TriggerEvent
 
 PLAIN = PromptFormat(instruction=None, chat=False)

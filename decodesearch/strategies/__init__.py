@@ -6,7 +6,7 @@ from decodesearch.strategies.budget_forcing import BudgetForcing
 from decodesearch.strategies.dvts import DVTS
 from decodesearch.strategies.ids import IDS
 from decodesearch.strategies.rain import RAIN
-from decodesearch.strategies.sampling import BestOfN, Greedy, Sampling, SelfConsistency
+from decodesearch.strategies.independent_samples import BestOfN, Greedy, Sampling, SelfConsistency
 
 STRATEGIES: dict[str, type[Strategy]] = {
     cls.name: cls for cls in (Greedy, Sampling, BestOfN, SelfConsistency, BudgetForcing, IDS, RAIN, BeamSearch, DVTS)

@@ -23,7 +23,7 @@ from decodesearch.engine.scheduler import SearchEngine
 from decodesearch.scoring.answers import extract_answer
 from decodesearch.scoring.step_scorers import AGGREGATES, DEFAULT_DELIMITER, aggregate, make_step_scorer
 from decodesearch.strategies.base import Sample, SearchResult, Strategy, check_positive_int, model_text
-from decodesearch.strategies.sampling import best_scored, weighted_vote
+from decodesearch.strategies.independent_samples import best_scored, weighted_vote
 from decodesearch.strategies.trace import ChooseEvent, Event, ForkEvent, StepEvent
 
 FINALS = ("best", "weighted")

@@ -72,7 +72,7 @@ from decodesearch.engine.scheduler import SearchEngine
 from decodesearch.scoring.answers import extract_answer
 from decodesearch.strategies.budget_forcing import BudgetForcing
 from decodesearch.strategies.base import SearchResult, Strategy, check_positive_int, make_sample, model_text
-from decodesearch.strategies.sampling import best_of, vote
+from decodesearch.strategies.independent_samples import best_of, vote
 from decodesearch.strategies.trace import AnswerEvent, ChooseEvent, Event, ForkEvent, ThinkEndEvent, TriggerEvent
 
 TRIGGER_PRESETS: dict[str, tuple[str, ...]] = {

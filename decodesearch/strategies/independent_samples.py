@@ -69,7 +69,7 @@ class Sampling(Strategy):
     def peak_rows(self, max_rows: int) -> int:
         return self.n + 1
 
-    async def draw(self, engine: SearchEngine, root: Branch) -> tuple[list[Branch], list[Sample], list[Event]]:
+    async def draw_samples(self, engine: SearchEngine, root: Branch) -> tuple[list[Branch], list[Sample], list[Event]]:
         branches = await engine.fork(root, self.n)
         outs = await engine.decode(branches, self.max_tokens, self.sampler, self.stop)
         samples = [make_sample(b, len(o)) for b, o in zip(branches, outs)]
@@ -82,7 +82,7 @@ class Sampling(Strategy):
         return 0
 
     async def search(self, engine: SearchEngine, root: Branch, prompt: str) -> SearchResult:
-        branches, samples, trace = await self.draw(engine, root)
+        branches, samples, trace = await self.draw_samples(engine, root)
         chosen = await self.choose(engine, prompt, branches, samples, trace)
         trace.append(ChooseEvent(sample=chosen))
         return self.result(prompt, samples[chosen], samples, trace)
