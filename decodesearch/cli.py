@@ -69,14 +69,18 @@ OWN_FLAGS = ("max_tokens", "seed", "triggers")
 def strategy_flags() -> dict[str, list[str]]:
     """Every option settable as text of any strategy (`decodesearch.options`), mapped to the
     strategies that take it: one `--flag` each (values are parsed for the chosen strategy)."""
+    return {name: [s for s, _ in takers] for name, takers in _strategy_flag_options().items()}
+
+
+def _strategy_flag_options() -> dict:
     from decodesearch.options import options_of
     from decodesearch.strategies import STRATEGIES
 
-    flags: dict[str, list[str]] = {}
+    flags: dict[str, list] = {}
     for name, cls in STRATEGIES.items():
         for option in options_of(cls).values():
             if option.settable and option.name not in OWN_FLAGS:
-                flags.setdefault(option.name, []).append(name)
+                flags.setdefault(option.name, []).append((name, option))
     return dict(sorted(flags.items()))
 
 
@@ -103,8 +107,11 @@ def _args_strategy(parser: argparse.ArgumentParser) -> None:
                    help="most searches (prompts, problems) in flight at once (default: as many as --max-rows admits)")
     o = parser.add_argument_group("strategy options", "each applies to the strategies named after it; typed as the "
                                   "strategy's constructor types it (a|b for a list, \\n for a newline)")
-    for flag, takers in strategy_flags().items():
-        o.add_argument("--" + flag.replace("_", "-"), default=None, metavar="VALUE", help=", ".join(takers))
+    for flag, takers in _strategy_flag_options().items():
+        option = takers[0][1]
+        o.add_argument("--" + flag.replace("_", "-"), default=None, metavar=option.kind.__name__.upper(),
+                       help=(f"{option.describe()}; " if option.container or option.optional else "")
+                       + ", ".join(f"{s} (default {o.default!r})" for s, o in takers))
 
 
 def _byte_count(text: str) -> int:
