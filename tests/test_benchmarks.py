@@ -87,3 +87,38 @@ def test_gpu_check_summary_reports_failures(tmp_path):
     status = {s["stage"]: s["status"] for s in json.loads((tmp_path / "summary.json").read_text())["stages"]}
     assert status == {"kernel_tests": "FAIL rc=1", "engine": "TIMEOUT", "kernels": "FAIL"}
     assert "SOME STAGES FAILED: kernel_tests, engine, kernels" in proc.stdout
+
+
+def test_search_quality_benchmark_both_suites_at_toy_sizes(tiny_dir, tmp_path):
+    """benchmarks/search_quality.py end to end on a tiny model: the ids suite (greedy, sampling, IDS,
+    budget forcing matched to IDS's tokens) and the step suite, which reuses the sampling run."""
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = [{"id": f"math500-{i:03d}", "problem": f"What is {i} + {i}?", "answer": str(2 * i), "level": 1 + (i == 3)}
+            for i in range(4)]
+    (data / "math500.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    script = SCRIPT.parent / "search_quality.py"
+    common = ["--model", tiny_dir, "--data-dir", str(data), "--budget", "48", "--samples", "2", "--n", "2",
+              "--out-dir", str(tmp_path / "runs")]
+    reports = {}
+    for suite in ("ids", "step"):
+        out = tmp_path / f"{suite}.json"
+        proc = subprocess.run([sys.executable, str(script), "--suite", suite, *common, "--out", str(out)],
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        reports[suite] = json.loads(out.read_text())
+        assert out.with_suffix(".png").stat().st_size > 0
+        if suite == "ids":
+            sampling_file = (tmp_path / "runs" / "sampling.jsonl").read_bytes()
+    ids, step = reports["ids"], reports["step"]
+    assert ids["problems"] == 3  # level 1 only
+    assert [r["run"] for r in ids["rows"]] == ["greedy", "self-consistency k=1", "self-consistency k=2", "ids",
+                                               "budget_forcing"]
+    ids_tokens = next(r for r in ids["rows"] if r["run"] == "ids")["mean_tokens_generated"]
+    think = ids["budget_forcing_options"]["min_thinking_tokens"]
+    assert think == max(1, round(ids_tokens) - 8) == ids["budget_forcing_options"]["max_thinking_tokens"]
+    assert {(d["a"].split(" k=")[0], d["b"]) for d in ids["paired_differences"]} >= {("self-consistency", "ids")}
+    assert len(ids["ids_self_correction_by_trigger"]) >= 1
+    assert {r["run"] for r in step["rows"]} >= {"best_of_n", "beam_search_logprob", "beam_search_self_judge",
+                                                 "dvts_logprob", "dvts_self_judge"}
+    assert (tmp_path / "runs" / "sampling.jsonl").read_bytes() == sampling_file  # reused, not run again
