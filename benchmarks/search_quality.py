@@ -69,7 +69,9 @@ def main(argv=None) -> int:
     p.add_argument("--suite", default="ids", choices=["ids", "step"],
                    help="ids: greedy, IDS, budget forcing (issue 12); step: best-of-N, beam search, DVTS (issue 16)")
     p.add_argument("--levels", default="1", help="comma-separated MATH-500 levels (default 1: its 43 problems)")
-    p.add_argument("--limit", type=int, default=None, help="first N problems of those levels only")
+    p.add_argument("--limit", type=int, default=None,
+                   help="search only the first N problems of those levels (the sampling run, shared by both "
+                        "suites, covers them all; self-consistency is compared on the same N)")
     p.add_argument("--budget", type=int, default=256, help="most sampled tokens of one sample (default 256)")
     p.add_argument("--n", type=int, default=4, help="IDS samples per problem (default 4)")
     p.add_argument("--samples", type=int, default=8, help="sampling run's samples per problem (default 8)")
@@ -86,12 +88,14 @@ def main(argv=None) -> int:
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} {getattr(args, name)} is out of range; accepted: an int >= 1")
     levels = {int(x) for x in args.levels.split(",")}
-    problems = problems_of_levels(args.data_dir, levels)[: args.limit]
+    all_problems = problems_of_levels(args.data_dir, levels)
+    problems = all_problems[: args.limit]
     model, tok = load_model(args.model, dtype=args.dtype, device=args.device)
     engine = Engine(model, tok, max_rows=args.max_rows)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     b, base = args.budget, {"model": args.model, "dtype": args.dtype, "dataset": "math500",
                             "levels": sorted(levels), "problems": [q.id for q in problems]}
+    base_all = {**base, "problems": [q.id for q in all_problems]}
     ids_options = {"n": args.n, "b0": max(1, b // 4), "gamma": 2.0, "schedule": "budget", "align": "line",
                    "align_max_tokens": 16, "max_tokens": b, "seed": args.seed}
     sampling = {"temperature": 0.7, "top_p": 0.95}
@@ -111,8 +115,15 @@ def main(argv=None) -> int:
     print(f"{len(problems)} problems (levels {sorted(levels)}), {args.model} {args.dtype}, "
           f"{torch.get_num_threads()} threads", flush=True)
     t0 = time.perf_counter()
-    run_benches(engine, [BenchRun(s, str(path[name]), {**base, "strategy": name, "options": opts})
-                         for name, (s, opts) in strategies.items()], problems)
+    runs = [BenchRun(s, str(path[name]), {**(base_all if name == "sampling" else base), "strategy": name,
+                                          "options": opts}) for name, (s, opts) in strategies.items()]
+    done = {r["id"] for r in read_results(path["sampling"])[1] if not r.get("error")} if path["sampling"].exists() else set()
+    if done >= {q.id for q in all_problems}:
+        runs = runs[1:]  # the sampling run is complete (the other suite may still hold its file open)
+    elif len(problems) < len(all_problems):
+        run_benches(engine, runs[:1], all_problems)
+        runs = runs[1:]
+    run_benches(engine, runs, problems)  # together on one engine
     wall = {"together": time.perf_counter() - t0}
     bf_options = None
     if args.suite == "ids":
@@ -126,8 +137,10 @@ def main(argv=None) -> int:
         wall["budget_forcing"] = time.perf_counter() - t0
 
     # Self-consistency and pass@k with the first k samples of the sampling run.
-    sc = {k: first_k_samples(path["sampling"], k) for k in range(1, args.samples + 1)}
-    oracle = {k: first_k_samples(path["sampling"], k, rule="oracle") for k in range(1, args.samples + 1)}
+    searched_ids = {q.id for q in problems}
+    sampled = [r for r in read_results(path["sampling"])[1] if r["id"] in searched_ids]
+    sc = {k: first_k_samples(sampled, k) for k in range(1, args.samples + 1)}
+    oracle = {k: first_k_samples(sampled, k, rule="oracle") for k in range(1, args.samples + 1)}
 
     def tokens(run) -> float:
         return summarize(run)["mean_tokens_generated"]
