@@ -117,13 +117,13 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     runs = [BenchRun(s, str(path[name]), {**(base_all if name == "sampling" else base), "strategy": name,
                                           "options": opts}) for name, (s, opts) in strategies.items()]
-    done = {r["id"] for r in read_results(path["sampling"])[1] if not r.get("error")} if path["sampling"].exists() else set()
-    if done >= {q.id for q in all_problems}:
-        runs = runs[1:]  # the sampling run is complete (the other suite may still hold its file open)
-    elif len(problems) < len(all_problems):
-        run_benches(engine, runs[:1], all_problems)
-        runs = runs[1:]
-    run_benches(engine, runs, problems)  # together on one engine
+    if args.suite == "ids" and len(problems) == len(all_problems):
+        run_benches(engine, runs, problems)  # all together on one engine
+    else:  # the searches first: the shared sampling run may still be open in the other suite's process
+        run_benches(engine, runs[1:], problems)
+        done = {r["id"] for r in read_results(path["sampling"])[1]} if path["sampling"].exists() else set()
+        if not done >= {q.id for q in all_problems}:
+            run_benches(engine, runs[:1], all_problems)
     wall = {"together": time.perf_counter() - t0}
     bf_options = None
     if args.suite == "ids":
