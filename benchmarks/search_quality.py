@@ -77,6 +77,9 @@ def main(argv=None) -> int:
     p.add_argument("--samples", type=int, default=8, help="sampling run's samples per problem (default 8)")
     p.add_argument("--max-rows", type=int, default=192, help="engine rows (default 192)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--report-only", action="store_true",
+                   help="run nothing: summarise the results files as they are (an interrupted run's finished "
+                        "problems; each comparison pairs the problems both runs have)")
     p.add_argument("--note", default="", help="free text recorded in the JSON (e.g. machine load)")
     p.add_argument("--out-dir", type=Path, default=RESULTS / "search_quality")
     p.add_argument("--out", type=Path, default=None, help="default benchmarks/results/search_quality[_step].json")
@@ -90,8 +93,14 @@ def main(argv=None) -> int:
     levels = {int(x) for x in args.levels.split(",")}
     all_problems = problems_of_levels(args.data_dir, levels)
     problems = all_problems[: args.limit]
-    model, tok = load_model(args.model, dtype=args.dtype, device=args.device)
-    engine = Engine(model, tok, max_rows=args.max_rows)
+    engine = None
+    if not args.report_only:
+        model, tok = load_model(args.model, dtype=args.dtype, device=args.device)
+        engine = Engine(model, tok, max_rows=args.max_rows)
+
+    def bench(runs, problems) -> None:
+        if not args.report_only:
+            run_benches(engine, runs, problems)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     b, base = args.budget, {"model": args.model, "dtype": args.dtype, "dataset": "math500",
                             "levels": sorted(levels), "problems": [q.id for q in problems]}
@@ -118,13 +127,13 @@ def main(argv=None) -> int:
     runs = [BenchRun(s, str(path[name]), {**(base_all if name == "sampling" else base), "strategy": name,
                                           "options": opts}) for name, (s, opts) in strategies.items()]
     if args.suite == "ids" and len(problems) == len(all_problems):
-        run_benches(engine, runs, problems)  # all together on one engine
+        bench(runs, problems)  # all together on one engine
     else:  # the searches first: the shared sampling run may still be open in the other suite's process
-        run_benches(engine, runs[1:], problems)
+        bench(runs[1:], problems)
         done = {r["id"] for r in read_results(path["sampling"])[1]} if path["sampling"].exists() else set()
         if not done >= {q.id for q in all_problems}:
-            run_benches(engine, runs[:1], all_problems)
-    wall = {"together": time.perf_counter() - t0}
+            bench(runs[:1], all_problems)
+    wall = {"together": None if args.report_only else time.perf_counter() - t0}
     bf_options = None
     if args.suite == "ids":
         ids_tokens = summarize(path["ids"])["mean_tokens_generated"]
@@ -132,9 +141,9 @@ def main(argv=None) -> int:
         bf_options = {"min_thinking_tokens": think, "max_thinking_tokens": think, "num_ignore": 0,
                       "max_answer_tokens": 16}
         t0 = time.perf_counter()
-        run_benches(engine, [BenchRun(BudgetForcing(**bf_options), str(path["budget_forcing"]),
-                                      {**base, "strategy": "budget_forcing", "options": bf_options})], problems)
-        wall["budget_forcing"] = time.perf_counter() - t0
+        bench([BenchRun(BudgetForcing(**bf_options), str(path["budget_forcing"]),
+                        {**base, "strategy": "budget_forcing", "options": bf_options})], problems)
+        wall["budget_forcing"] = None if args.report_only else time.perf_counter() - t0
 
     # Self-consistency and pass@k with the first k samples of the sampling run.
     searched_ids = {q.id for q in problems}
@@ -142,13 +151,21 @@ def main(argv=None) -> int:
     sc = {k: first_k_samples(sampled, k) for k in range(1, args.samples + 1)}
     oracle = {k: first_k_samples(sampled, k, rule="oracle") for k in range(1, args.samples + 1)}
 
-    def tokens(run) -> float:
-        return summarize(run)["mean_tokens_generated"]
+    def records(run) -> list[dict]:
+        return run if isinstance(run, list) else read_results(run)[1]
 
-    def nearest_k(run) -> int:  # the self-consistency k at the nearest mean tokens per problem
-        return min(sc, key=lambda k: abs(tokens(sc[k]) - tokens(run)))
+    def tokens(run, ids=None) -> float:  # mean tokens per problem, over `ids` only when given
+        return summarize([r for r in records(run) if ids is None or r["id"] in ids])["mean_tokens_generated"]
+
+    def nearest_k(run) -> int:  # the self-consistency k at the nearest mean tokens, on the same problems
+        ids = {r["id"] for r in records(run)}
+        return min(sc, key=lambda k: abs(tokens(sc[k], ids) - tokens(run)))
 
     searched = ["ids", "budget_forcing"] if args.suite == "ids" else [n for n in strategies if n != "sampling"]
+    empty = [n for n in searched if not (path[n].exists() and read_results(path[n])[1])]
+    if empty:
+        print(f"no finished problems yet, left out: {', '.join(empty)}")
+    searched = [n for n in searched if n not in empty]
     runs = {**({"greedy": path["greedy"]} if args.suite == "ids" else {}),
             **{f"self-consistency k={k}": sc[k] for k in sc}, **{n: path[n] for n in searched}}
     rows = []
@@ -166,8 +183,9 @@ def main(argv=None) -> int:
     diffs = []
     for a, b_ in pairs:
         c = compare(runs[a], runs[b_], n_boot=10_000, seed=0)
+        common = {r["id"] for r in records(runs[a])} & {r["id"] for r in records(runs[b_])}
         diffs.append({"a": a, "b": b_, "diff": c["diff"], "ci95": c["ci"], "n": c["n_common"],
-                      "tokens_b_over_a": tokens(runs[b_]) / tokens(runs[a])})
+                      "tokens_b_over_a": tokens(runs[b_], common) / tokens(runs[a], common)})
     ids_summary = summarize(path["ids"]) if args.suite == "ids" else None
     report = {
         **environment(args), "note": args.note, "suite": args.suite, "levels": sorted(levels),
