@@ -40,6 +40,7 @@ def _data_dir() -> Path:
         ("The answer is 3. Wait, the final answer is 4.", "4"),  # "final answer" before "answer is"
         ("**Answer:** 17\nThere were 20 apples.", "17"),  # "answer:" before last number
         ("answer = 3.5.", "3.5"),
+        ("Sum is 12. The final answer is within \\boxed{}.", "12"),  # the instruction echoed, not an answer
         ("The answer is: $(3, 4]$", "(3, 4]"),
         ("I count 1,234 apples and 12 pears", "12"),  # last number
         ("she has -7 left", "-7"),

@@ -98,6 +98,8 @@ def _clean_phrase(rest: str) -> str | None:
     if m:
         line = line[: m.start()]
     line = line.strip().strip("*").strip().rstrip(".,;:").strip()
+    if re.search(r"\\(?:boxed|fbox)\s*\{\s*\}", line):  # "the final answer is within \boxed{}": the instruction echoed
+        return None
     return line or None
 
 
