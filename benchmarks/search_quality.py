@@ -151,28 +151,26 @@ def main(argv=None) -> int:
     sc = {k: first_k_samples(sampled, k) for k in range(1, args.samples + 1)}
     oracle = {k: first_k_samples(sampled, k, rule="oracle") for k in range(1, args.samples + 1)}
 
-    def records(run) -> list[dict]:
-        return run if isinstance(run, list) else read_results(run)[1]
+    def tokens(run: list[dict], ids=None) -> float:  # mean tokens per problem, over `ids` only when given
+        return summarize([r for r in run if ids is None or r["id"] in ids])["mean_tokens_generated"]
 
-    def tokens(run, ids=None) -> float:  # mean tokens per problem, over `ids` only when given
-        return summarize([r for r in records(run) if ids is None or r["id"] in ids])["mean_tokens_generated"]
-
-    def nearest_k(run) -> int:  # the self-consistency k at the nearest mean tokens, on the same problems
-        ids = {r["id"] for r in records(run)}
+    def nearest_k(run: list[dict]) -> int:  # the self-consistency k at the nearest mean tokens, same problems
+        ids = {r["id"] for r in run}
         return min(sc, key=lambda k: abs(tokens(sc[k], ids) - tokens(run)))
 
     searched = ["ids", "budget_forcing"] if args.suite == "ids" else [n for n in strategies if n != "sampling"]
-    empty = [n for n in searched if not (path[n].exists() and read_results(path[n])[1])]
+    loaded = {n: read_results(path[n])[1] if path[n].exists() else [] for n in ["greedy"] * (args.suite == "ids")
+              + searched}
+    empty = [n for n in searched if not loaded[n]]
     if empty:
         print(f"no finished problems yet, left out: {', '.join(empty)}")
     searched = [n for n in searched if n not in empty]
-    runs = {**({"greedy": path["greedy"]} if args.suite == "ids" else {}),
-            **{f"self-consistency k={k}": sc[k] for k in sc}, **{n: path[n] for n in searched}}
+    runs = {**({"greedy": loaded["greedy"]} if args.suite == "ids" else {}),
+            **{f"self-consistency k={k}": sc[k] for k in sc}, **{n: loaded[n] for n in searched}}
     rows = []
     for label, run in runs.items():
         s = summarize(run)
-        recs = run if isinstance(run, list) else read_results(run)[1]
-        forced = sum(x.get("tokens_forced") or 0 for r in recs for x in r.get("samples") or []) / max(1, len(recs))
+        forced = sum(x.get("tokens_forced") or 0 for r in run for x in r.get("samples") or []) / max(1, len(run))
         rows.append({"run": label, "accuracy": s["accuracy"], "n_correct": s["n_correct"], "problems": s["n"],
                      "mean_tokens_generated": s["mean_tokens_generated"], "mean_tokens_forced": forced,
                      "pass_at_k_oracle": (summarize(oracle[int(label.split("=")[1])])["accuracy"]
@@ -183,7 +181,7 @@ def main(argv=None) -> int:
     diffs = []
     for a, b_ in pairs:
         c = compare(runs[a], runs[b_], n_boot=10_000, seed=0)
-        common = {r["id"] for r in records(runs[a])} & {r["id"] for r in records(runs[b_])}
+        common = {r["id"] for r in runs[a]} & {r["id"] for r in runs[b_]}
         diffs.append({"a": a, "b": b_, "diff": c["diff"], "ci95": c["ci"], "n": c["n_common"],
                       "tokens_b_over_a": tokens(runs[b_], common) / tokens(runs[a], common)})
     ids_summary = summarize(path["ids"]) if args.suite == "ids" else None

@@ -117,7 +117,7 @@ def _unescape(text: str) -> str:
     return text.replace("\\n", "\n").replace("\\t", "\t")
 
 
-def _scalar(option: Option, value: Any, kind: type) -> Any:
+def _scalar(value: Any, kind: type) -> Any:
     if kind is bool:
         if isinstance(value, bool):
             return value
@@ -152,14 +152,14 @@ def parse(option: Option, value: Any) -> Any:
     what = option.describe()
     try:
         if option.container is None:
-            return _scalar(option, value, option.kind)
+            return _scalar(value, option.kind)
         if isinstance(value, str):
             items = [v for v in value.split("|") if v != ""]
         elif isinstance(value, (list, tuple)):
             items = list(value)
         else:
             items = [value]
-        return option.container(_scalar(option, v, option.kind) for v in items)
+        return option.container(_scalar(v, option.kind) for v in items)
     except (TypeError, ValueError):
         raise ValueError(f"{option.name}={value!r} is not accepted; expected {what}") from None
 
