@@ -4,7 +4,7 @@ A. Plain sampling: n samples of `--new` tokens from one prompt through the engin
    `model.generate(num_return_sequences=n)`, same model, dtype and sampler; runs alternate.
    Reported: tokens/s of each and their ratio (engine / HF).
 B. Branching: `--rounds` rounds of {fork 4, decode 32, rewind 16, extend 8 trigger tokens, keep
-   one child} on `Engine` vs `ReencodeEngine` (each continuation re-encodes its branch from
+   one child} on `Engine` vs `Engine(backend=Reencode())` (each continuation re-encodes its branch from
    scratch, batch 1). Same seeds and sampler; in float32 both produce the same tokens, in bfloat16
    batched and unbatched numerics may part ways (the agreement is reported). Reported: ratios of
    tokens forwarded and of wall time.
@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from decodesearch.engine import Engine, ReencodeEngine, Sampler, Stop
+from decodesearch.engine import DenseRows, Engine, Reencode, Sampler, Stop
 from decodesearch.models import load_model
 
 from common import RESULTS, add_model_args, environment, write_report
@@ -94,10 +94,10 @@ def branching_workload(engine: Engine, tok, rounds: int) -> list[list[int]]:
 
 def bench_branching(model, tok, rounds: int, reps: int) -> dict:
     rows = {}
-    for name, cls in (("engine", Engine), ("reencode", ReencodeEngine)):
+    for name, backend in (("engine", DenseRows), ("reencode", Reencode)):
         times, stats, tokens = [], None, None
         for _ in range(reps):
-            engine = cls(model, tok, max_rows=16)
+            engine = Engine(model, tok, max_rows=16, backend=backend())
             t0 = time.perf_counter()
             tokens = branching_workload(engine, tok, rounds)
             times.append(time.perf_counter() - t0)

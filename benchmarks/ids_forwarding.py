@@ -1,7 +1,7 @@
 """IDS: tokens forwarded by the engine vs a re-encode-from-scratch run of the same schedule.
 
 The same `IDS` strategy runs on one MATH-500 problem on `Engine` (one prefill, forked samples,
-triggers teacher-forced with `extend`) and on `ReencodeEngine(miss_on_extend=True)` (each sample
+triggers teacher-forced with `extend`) and on `Engine(backend=Reencode(miss_on_extend=True))` (each sample
 alone, batch 1; each segment starts from scratch on the whole text, as a loop calling
 `model.generate` per segment does). Same seeds and sampler.
 Prints a table and writes benchmarks/results/ids_forwarding.json.
@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 
 from decodesearch.bench.datasets import load_problems
-from decodesearch.engine import Engine, ReencodeEngine
+from decodesearch.engine import DenseRows, Engine, Reencode
 from decodesearch.models import load_model
 from decodesearch.strategies import IDS
 
@@ -34,10 +34,9 @@ def main(argv=None):
     problem = load_problems("math500", data_dir=args.data_dir)[args.problem]
     model, tok = load_model(args.model, dtype=args.dtype)
     rows = {}
-    for name, cls in (("engine", Engine), ("reencode", ReencodeEngine)):
+    for name, backend in (("engine", DenseRows), ("reencode", lambda: Reencode(miss_on_extend=True))):
         ids = IDS(n=args.n, b0=args.b0, gamma=args.gamma, max_tokens=args.max_tokens, seed=0)
-        extra = {"miss_on_extend": True} if cls is ReencodeEngine else {}
-        engine = cls(model, tok, max_rows=args.n + 1, **extra)
+        engine = Engine(model, tok, max_rows=args.n + 1, backend=backend())
         res = ids.run(engine, [problem.problem])[0]
         triggers = sum(e.event == "trigger" for e in res.trace)
         rows[name] = {"tokens_forwarded": engine.stats.tokens_forwarded, "tokens_generated": res.tokens_generated,

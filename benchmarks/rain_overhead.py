@@ -6,7 +6,7 @@ Same HH-style prompts, same hyperparameters and seeds, side by side in one run:
 
 - ``rain_engine``: RAIN (decodesearch.strategies.rain) on the branching `Engine`: committed prefix
   and judge few-shot prefix kept in the KV store, K candidates and both judge orders batched.
-- ``rain_reencode``: the SAME RAIN code on `ReencodeEngine`, which runs the way the official RAIN
+- ``rain_reencode``: the SAME RAIN code on `Engine(backend=Reencode())`, which runs the way the official RAIN
   code does: batch size 1, one private cache per branch, every fork or rewind a cache miss that
   re-encodes the whole sequence (prompt, committed text and, for the judge, the few-shot block).
 - ``plain``: HF ``model.generate`` (greedy, KV cache) of exactly as many new tokens as RAIN
@@ -29,7 +29,7 @@ is recorded in the JSON.
 About the re-encoding baseline: the official code (``HH/main.py``, ``getp``) also keeps a
 last-logits cache per state (``dicp``, keyed by the token tuple): reading the next-token logits of
 a state it has forwarded before costs no forward, but a hit returns no KV cache, so the token
-after it re-encodes the whole state. `ReencodeEngine` does NOT model that cache: a forked or
+after it re-encodes the whole state. `Reencode` does NOT model that cache: a forked or
 rewound branch re-encodes its whole sequence when its logits are first read. For a candidate or a
 rollout this is the same one full re-encode (the official code pays it one token later); where
 the official code reads cached logits and decodes nothing after them (a 1-token expansion or the
@@ -46,7 +46,7 @@ from pathlib import Path
 
 import torch
 
-from decodesearch.engine import Engine, ReencodeEngine
+from decodesearch.engine import DenseRows, Engine, Reencode
 from decodesearch.models import load_model
 from decodesearch.scoring.embeddings import make_embedder, minilm_available
 from decodesearch.strategies.base import PromptFormat
@@ -115,8 +115,8 @@ def rain_settings(rain: RAIN) -> dict:
     return out
 
 
-def run_rain(engine_cls, model, tok, prompts, args) -> dict:
-    engine = engine_cls(model, tok, max_rows=64, initial_cols=512, seed=args.seed)
+def run_rain(backend, model, tok, prompts, args) -> dict:
+    engine = Engine(model, tok, max_rows=64, initial_cols=512, seed=args.seed, backend=backend)
     rain = make_rain(args)
     t0 = time.perf_counter()
     results = rain.run(engine, prompts)
@@ -128,7 +128,7 @@ def run_rain(engine_cls, model, tok, prompts, args) -> dict:
                      "wall_s": r.wall_s, "tokens_forwarded": r.tokens_forwarded,
                      "forward_calls": r.trace[-2].stats["forward_calls"], "commits": done.commits,
                      "searches": done.searches, "rewinds": done.counters["rewinds"], "stop_reason": done.stop_reason})
-    return {"engine": engine_cls.__name__, "wall_s": wall, "tokens_forwarded": engine.stats.tokens_forwarded,
+    return {"engine": type(backend).__name__, "wall_s": wall, "tokens_forwarded": engine.stats.tokens_forwarded,
             "forward_calls": engine.stats.forward_calls, "peak_rows": engine.stats.peak_rows,
             "peak_kv_bytes": engine.stats.peak_kv_bytes, "evaluator": results[-1].trace[-1].evaluator,
             "prompts": rows}
@@ -167,14 +167,14 @@ def main(argv=None) -> dict:
 
     # Warm up kernels/allocator on a throwaway run so no timed run pays first-call costs.
     warm = argparse.Namespace(**{**vars(args), "max_tokens": 2, "max_visits": 2, "min_new_searches": 1})
-    run_rain(Engine, model, tok, prompts[:1], warm)
+    run_rain(DenseRows(), model, tok, prompts[:1], warm)
 
     engines, plains, reencodes = [], [], []
     for i in range(max(1, args.pairs)):
-        engines.append(run_rain(Engine, model, tok, prompts, args))
+        engines.append(run_rain(DenseRows(), model, tok, prompts, args))
         plains.append(run_plain(model, tok, prompts, [p["tokens"] for p in engines[0]["prompts"]], args))
         if not args.skip_reencode and i < args.reencode_pairs:
-            reencodes.append(run_rain(ReencodeEngine, model, tok, prompts, args))
+            reencodes.append(run_rain(Reencode(), model, tok, prompts, args))
         print(f"round {i + 1}: engine {engines[-1]['wall_s']:.1f}s, plain {plains[-1]['wall_s']:.2f}s"
               + (f", reencode {reencodes[-1]['wall_s']:.1f}s" if len(reencodes) == i + 1 else ""), flush=True)
     eng, plain = engines[0], plains[0]

@@ -1,7 +1,7 @@
 """Step-level beam search: the engine (kept beams forked at the step boundary) vs re-encoding.
 
 The same `BeamSearch` (log-prob step scorer, so no judge forwards blur the comparison) runs on one
-MATH-500 problem on `Engine` and on `ReencodeEngine` (batch 1, every fork a cache miss that
+MATH-500 problem on `Engine` and on `Engine(backend=Reencode())` (batch 1, every fork a cache miss that
 re-encodes the beam's whole text: what re-submitting each beam's text per step costs on an engine
 without a prefix cache, and a bound on what a block-level prefix cache can save). Same seeds, same
 sampler, so the same tokens. Prints a table and writes benchmarks/results/step_search.json.
@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 
 from decodesearch.bench.datasets import load_problems
-from decodesearch.engine import Engine, ReencodeEngine
+from decodesearch.engine import DenseRows, Engine, Reencode
 from decodesearch.models import load_model
 from decodesearch.strategies import BeamSearch
 
@@ -34,10 +34,10 @@ def main(argv=None):
     problem = load_problems("math500", data_dir=args.data_dir)[args.problem]
     model, tok = load_model(args.model, dtype=args.dtype)
     rows = {}
-    for name, cls in (("engine", Engine), ("reencode", ReencodeEngine)):
+    for name, backend in (("engine", DenseRows), ("reencode", Reencode)):
         strat = BeamSearch(n=args.n, beam_width=args.beam_width, scorer="logprob", max_steps=args.max_steps,
                            max_tokens=args.max_tokens, seed=0)
-        engine = cls(model, tok, max_rows=args.n + 2)
+        engine = Engine(model, tok, max_rows=args.n + 2, backend=backend())
         res = strat.run(engine, [problem.problem])[0]
         steps = [e for e in res.trace if e.event == "step"]
         rows[name] = {"tokens_forwarded": engine.stats.tokens_forwarded, "tokens_generated": res.tokens_generated,

@@ -141,12 +141,12 @@ def test_rows_of_different_lengths_stay_dense(tiny_llama):
     short = engine.prefill([5, 6])
     # One call over both: each row is written at its own end, so `short` gets no hole.
     engine.decode([long, short], 3)
-    cols = engine.store.col_capacity
+    cols = engine.col_capacity
     engine.release(long)
     for _ in range(4):
         engine.decode([short], 30)
         engine.rewind(short, 28)
-    assert engine.store.col_capacity == cols  # short's row never grew past its own length
+    assert engine.col_capacity == cols  # short's row never grew past its own length
     assert torch.allclose(engine.logits([short])[0], fresh_logits(model, short.tokens), atol=1e-4)
     st = engine.stats
     assert st.valid_cells <= st.attended_cells < 2 * st.valid_cells + 200
@@ -223,12 +223,12 @@ def test_token_logprobs_of_sampled_tokens(tiny_llama):
 
 
 def test_reencode_engine_same_tokens_more_forwarding(tiny_llama):
-    from decodesearch.engine import ReencodeEngine
+    from decodesearch.engine import Reencode
 
     model, tok = tiny_llama
     outs, stats = [], []
-    for cls in (Engine, ReencodeEngine):
-        engine = cls(model, tok, seed=5)
+    for backend in (None, Reencode()):
+        engine = Engine(model, tok, seed=5, backend=backend)
         root = engine.prefill(list(range(1, 30)))
         kids = engine.fork(root, 3)
         first = engine.decode(kids, 8, Sampler(temperature=1.0))
@@ -245,7 +245,7 @@ def test_reencode_engine_same_tokens_more_forwarding(tiny_llama):
 def test_reencode_engine_miss_on_extend_holds_through_the_scheduler(tiny_llama):
     """The re-encode baseline must pay for an `extend` on every route (the scheduler forwards through
     `_forward`, not `extend`): with miss_on_extend the next logits re-encode the whole sequence."""
-    from decodesearch.engine import ReencodeEngine
+    from decodesearch.engine import Reencode
     from decodesearch.engine.scheduler import run_one
 
     model, tok = tiny_llama
@@ -258,7 +258,20 @@ def test_reencode_engine_miss_on_extend_holds_through_the_scheduler(tiny_llama):
 
     costs = []
     for miss in (False, True):
-        engine = ReencodeEngine(model, tok, miss_on_extend=miss)
+        engine = Engine(model, tok, backend=Reencode(miss_on_extend=miss))
         run_one(engine, prefill_extend)
         costs.append(engine.stats.tokens_forwarded)
     assert costs == [5 + 3, 5 + 8]
+
+
+def test_backend_is_checked_and_bound_to_one_engine(tiny_llama):
+    from decodesearch.engine import Reencode
+
+    model, tok = tiny_llama
+    with pytest.raises(ValueError, match="backend="):
+        Engine(model, tok, backend=object())
+    backend = Reencode()
+    engine = Engine(model, tok, backend=backend, prefix_cache_rows=4)
+    assert engine.backend is backend and engine.prefix_cache.capacity == 0  # re-encoding shares no prefixes
+    with pytest.raises(ValueError, match="already bound"):
+        Engine(model, tok, backend=backend)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import ByteTokenizer, tiny_model
-from decodesearch.engine import Engine, ReencodeEngine, Sampler, Stop
+from decodesearch.engine import Engine, Reencode, Sampler, Stop
 from decodesearch.engine.scheduler import run_one
 from decodesearch.scoring.embeddings import LMEmbedder, make_embedder
 from decodesearch.scoring.judge import CallableEvaluator, SelfJudge, as_evaluator, judge_value
@@ -194,9 +194,9 @@ def test_tree_invariants_and_rewind_parity(arch):
     assert engine.live_branches == []
 
 
-def _run(engine_cls, seed, **kw):
+def _run(seed, backend=None, **kw):
     model, tok = tiny_model("llama"), ByteTokenizer()
-    engine = engine_cls(model, tok, max_rows=24, initial_cols=32, seed=0)
+    engine = Engine(model, tok, max_rows=24, initial_cols=32, seed=0, backend=backend)
     opts = dict(num_candidates=3, set_lengths=(1, 2, 3), max_tokens=9, rollout_max_tokens=5, max_visits=5,
                 min_new_searches=2, evaluator=crc_value, embedder="lm", similarity_threshold=0.5, seed=seed)
     opts.update(kw)
@@ -209,12 +209,12 @@ def commit_events(result):
 
 
 def test_determinism_by_seed_and_engine_independence():
-    a, ea = _run(Engine, seed=7)
-    b, _ = _run(Engine, seed=7)
+    a, ea = _run(seed=7)
+    b, _ = _run(seed=7)
     assert [r.token_ids for r in a] == [r.token_ids for r in b]
     assert [commit_events(r) for r in a] == [commit_events(r) for r in b]
     # The same search on the re-encoding engine: same tokens and tree, more tokens forwarded.
-    c, ec = _run(ReencodeEngine, seed=7)
+    c, ec = _run(seed=7, backend=Reencode())
     assert [r.token_ids for r in c] == [r.token_ids for r in a]
     def tree(results):  # priors agree to float tolerance only (batched vs one-row forwards)
         return [[(e["searches"], e["chosen"], [{k: v for k, v in ch.items() if k != "prior"} for ch in e["children"]])
@@ -227,12 +227,12 @@ def test_determinism_by_seed_and_engine_independence():
     assert ec.stats.tokens_forwarded > 2 * ea.stats.tokens_forwarded
     assert ea.live_branches == [] and ec.live_branches == []
     # A different seed changes the samples somewhere.
-    d, _ = _run(Engine, seed=8)
+    d, _ = _run(seed=8)
     assert [commit_events(r) for r in d] != [commit_events(r) for r in a]
 
 
 def test_trace_contents():
-    res, _ = _run(Engine, seed=1)
+    res, _ = _run(seed=1)
     commits = [e for e in res[0].trace if isinstance(e, CommitEvent)]
     assert commits and all(e.searches >= 2 for e in commits)
     for e in commits:

@@ -233,7 +233,7 @@ def test_scheduler_merges_forwards_of_different_searches(llama):
     assert lengths == {i: 3 + i + 3 for i in range(5)}
     assert engine.stats.forward_calls - calls == 2  # 5 ragged prefills in one call, 5 extends in one
     # No autograd graph is kept across the scheduler's forwards (it would hold every activation).
-    assert not engine.hidden.requires_grad and not any(layer.keys.requires_grad for layer in engine.store.layers)
+    assert not engine.backend.hidden.requires_grad and not any(layer.keys.requires_grad for layer in engine.backend.store.layers)
     assert engine.live_branches == []
     with pytest.raises(ValueError, match="concurrency"):
         Scheduler(engine, concurrency=0)

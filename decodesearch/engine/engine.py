@@ -1,6 +1,7 @@
 """The branching engine: prefill, fork, extend, decode, rewind, logprobs, release over one HF model.
 
-Every token of a live branch has its KV (and final hidden state) in the store exactly once, in
+With the default backend (`DenseRows`, engine/backend.py), every token of a live branch has its
+KV (and final hidden state) in the store exactly once, in
 its own row, densely: token i of a branch sits in column i. A forward writes each row's new
 columns at that row's own end (a scatter), so rows of very different lengths share one call
 without leaving holes; `fork` copies rows, `rewind` only shortens a branch (later columns are
@@ -17,9 +18,9 @@ from typing import Sequence
 
 import torch
 
+from decodesearch.engine.backend import Backend, DenseRows
 from decodesearch.engine.prefix_cache import PrefixCache
 from decodesearch.engine.sampling import GREEDY, Sampler, Stop, StopReason, filtered_probs, sample_rows
-from decodesearch.engine.store import BranchKVStore, CallContext
 from decodesearch.kernels import score
 
 _MASK64 = (1 << 64) - 1
@@ -149,6 +150,10 @@ class Engine:
     (`prefix_cache`), and a prefill whose prompt shares at least `prefix_min_tokens` leading tokens
     with one copies those columns and forwards only the rest (`stats.tokens_reused`). Cached rows
     give way to live branches when rows or bytes run short; `prefix_cache_rows=0` turns this off.
+
+    `backend` holds the branches' states and computes logits (`decodesearch.engine.backend`):
+    `DenseRows` by default; `Reencode` is the re-encode-on-miss baseline. The row and byte
+    accounting is the engine's and counts dense rows whichever backend is used.
     """
 
     def __init__(
@@ -162,6 +167,7 @@ class Engine:
         seed: int = 0,
         prefix_cache_rows: int = 4,
         prefix_min_tokens: int = 32,
+        backend: Backend | None = None,
     ):
         if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1:
             raise ValueError(f"max_rows={max_rows!r} is out of range; accepted: an int >= 1")
@@ -175,7 +181,10 @@ class Engine:
         self.lm_head = model.get_output_embeddings()
         self.max_rows = max_rows
         self.max_kv_bytes = max_kv_bytes
-        self.prefix_cache = PrefixCache(prefix_cache_rows, prefix_min_tokens)
+        self.backend = DenseRows() if backend is None else backend
+        if not isinstance(self.backend, Backend):
+            raise ValueError(f"backend={backend!r}; accepted: a decodesearch.engine.backend.Backend, or None")
+        self.prefix_cache = PrefixCache(prefix_cache_rows if self.backend.reuses_prefixes else 0, prefix_min_tokens)
         self.max_context = int(getattr(cfg, "max_position_embeddings", 1 << 30))
         self.seed = seed
         self._roots = 0
@@ -184,8 +193,8 @@ class Engine:
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         itemsize = torch.empty((), dtype=self.dtype).element_size()
         self.cell_bytes = (cfg.num_hidden_layers * 2 * kv_heads * head_dim + cfg.hidden_size) * itemsize
-        self._in_device = model.get_input_embeddings().weight.device
-        self._out_device = self.lm_head.weight.device
+        self.in_device = model.get_input_embeddings().weight.device
+        self.out_device = self.lm_head.weight.device
         self.eos_ids = _model_eos_ids(model, tokenizer)
         self.stats = EngineStats()
 
@@ -194,9 +203,9 @@ class Engine:
             cols = min(cols, max(16, max_kv_bytes // (rows * self.cell_bytes)))
             rows = min(rows, max(1, max_kv_bytes // (cols * self.cell_bytes)))
         self._check_bytes(rows, cols)
-        self.store = BranchKVStore(cfg.num_hidden_layers, rows, cols)
-        self.hidden = torch.zeros(rows, cols, cfg.hidden_size, dtype=self.dtype, device=self._out_device)
+        self.col_capacity = cols
         self._rows: list[Branch | None] = [None] * rows
+        self.backend.bind(self, rows, cols)
         self._note_peaks()
 
     # ------------------------------------------------------------------ public operations
@@ -248,7 +257,7 @@ class Engine:
             b.token_logprobs = [None] * n
             self._rows[row] = b
             if n:
-                self._copy_columns(src, [b], n)
+                self.backend.copy(src, [b], n)
                 self.stats.tokens_reused += n
             out.append(b)
             rest.append(ids[n:])
@@ -267,19 +276,10 @@ class Engine:
             return
         entry = Branch(self, row, list(root.tokens), root.length, root.seed)
         self._rows[row] = entry
-        self._copy_columns(root, [entry], root.length)
+        self.backend.copy(root, [entry], root.length)
         for old in cache.insert(entry):
             self._free(old)
         self._note_peaks()
-
-    def _copy_columns(self, src: Branch, dsts: list[Branch], n: int) -> None:
-        """Columns [0, n) of `src`'s row (KV and final hidden states) into each of `dsts`' rows (one
-        kv_copy launch)."""
-        rows = [d.row for d in dsts]
-        self.store.copy_rows([src.row] * len(rows), rows, n)
-        self.hidden[torch.tensor(rows, device=self._out_device), :n] = self.hidden[src.row, :n].clone()
-        self.stats.rows_copied += len(rows)
-        self.stats.bytes_copied += len(rows) * n * self.cell_bytes
 
     @torch.no_grad()
     def fork(self, branch: Branch, n: int) -> list[Branch]:
@@ -295,13 +295,9 @@ class Engine:
             branch._forks += 1
             self._rows[row] = child
             children.append(child)
-        self._copy_state(branch, children)
+        self.backend.copy(branch, children, branch.length)
         self._note_peaks()
         return children
-
-    def _copy_state(self, branch: Branch, children: list[Branch]) -> None:
-        """Give each child `branch`'s KV and final hidden states (one kv_copy launch)."""
-        self._copy_columns(branch, children, branch.length)
 
     @torch.no_grad()
     def extend(self, branches: Sequence[Branch], ids_per_branch: Sequence[Sequence[int]]) -> None:
@@ -380,7 +376,7 @@ class Engine:
         (row, token, model log-prob) for every token to forward: all picks except EOS. The caller
         forwards them (with `_forward`) before the next step."""
         bs = [r.branch for r in rows]
-        logits = self._logits(bs)
+        logits = self.backend.logits(bs)
         generators = [None if r.sampler.greedy else b.generator for r, b in zip(rows, bs)]
         picked = sample_rows(logits, [r.sampler for r in rows], generators)
         chosen_lp = score(logits, picked[:, None].to(logits.device), check_ids=False)[1][:, 0].tolist()
@@ -420,18 +416,14 @@ class Engine:
         del branch.tokens[-n:]
         del branch.token_logprobs[-n:]
         branch.stop_reason = None
-        self._drop_columns(branch, n)
-
-    def _drop_columns(self, branch: Branch, n: int) -> None:
-        """Hook for a rewind of `n` tokens: the store needs nothing (the row's columns past its new
-        length are overwritten by the next forward)."""
+        self.backend.truncate(branch, n)
 
     @torch.no_grad()
     def logits(self, branches: Sequence[Branch]) -> torch.Tensor:
         """Next-token logits of each branch, `[B, V]` fp32 (computed from the stored last hidden state)."""
         branches = list(branches)
         self._check_live(branches)
-        return self._logits(branches)
+        return self.backend.logits(branches)
 
     @torch.no_grad()
     def logprobs(self, branches: Sequence[Branch], candidate_ids) -> torch.Tensor:
@@ -475,61 +467,34 @@ class Engine:
     @property
     def kv_bytes(self) -> int:
         """Bytes allocated for the store at its current capacity."""
-        return self.store.row_capacity * self.store.col_capacity * self.cell_bytes
+        return len(self._rows) * self.col_capacity * self.cell_bytes
 
     # ------------------------------------------------------------------ internals
 
     @torch.no_grad()
     def _forward(self, branches: list[Branch], ids: list[list[int]], logprobs: list[list[float]] | None = None) -> None:
-        """One forward over `ids[i]` appended to `branches[i]` (ragged). Each row's new columns are
-        written at its own end; queries attend to the row's own earlier columns only."""
+        """Append `ids[i]` to `branches[i]` (ragged) in one backend call, rows in ascending order;
+        `logprobs[i]` are the model log-probs of sampled tokens (None: all teacher-forced)."""
         order = sorted(range(len(branches)), key=lambda i: branches[i].row)
         bs = [branches[i] for i in order]
         ids = [ids[i] for i in order]
         lps = [[None] * len(x) for x in ids] if logprobs is None else [logprobs[i] for i in order]
-        lens = [len(x) for x in ids]
-        ends = [b.length for b in bs]
-        q = max(lens)
-        extent = max(ends) + q
-        self._reserve_columns(extent)
-        rows = [b.row for b in bs]
-        contiguous = rows[-1] - rows[0] == len(rows) - 1
-        sel = slice(rows[0], rows[-1] + 1) if contiguous else torch.tensor(rows, device=self._in_device)
-        dev = self._in_device
-        pad = ids[0][0]
-        input_ids = torch.tensor([x + [pad] * (q - len(x)) for x in ids], device=dev)
-        positions = torch.tensor(ends, device=dev)[:, None] + torch.arange(q, device=dev)  # = write columns
-        # Query j of a row sees the row's columns up to its own position (dense rows: all valid).
-        allowed = torch.arange(extent, device=dev)[None, None, :] <= positions[:, :, None]
-        mask = torch.zeros(len(bs), 1, q, extent, dtype=self.dtype, device=dev)
-        mask.masked_fill_(~allowed[:, None], torch.finfo(self.dtype).min)
-        row_idx = torch.tensor(rows, device=dev)[:, None]
-        self.store.call = CallContext(sel, row_idx, positions, extent)
-        try:
-            out = self.decoder(input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=self.store,
-                               use_cache=True)
-        finally:
-            self.store.call = None
-        od = self._out_device
-        self.hidden[row_idx.to(od), positions.to(od)] = out.last_hidden_state.to(od)
+        self._reserve_columns(max(b.length for b in bs) + max(len(x) for x in ids))
+        self.backend.encode(bs, ids, lps)
         for b, x, lp in zip(bs, ids, lps):
             b.tokens.extend(x)
             b.token_logprobs.extend(lp)
-        self.stats.tokens_forwarded += sum(lens)
-        self.stats.forward_calls += 1
-        self.stats.attended_cells += len(bs) * extent
-        self.stats.valid_cells += sum(e + n for e, n in zip(ends, lens))
 
     def _reserve_columns(self, extent: int) -> None:
         """Grow the store until it holds `extent` columns: doubling, or under `max_kv_bytes` as many
         columns as fit, first at the current row capacity, else with the rows cut down to the live
         branches (moved to the front rows)."""
-        cols = self.store.col_capacity
+        cols = self.col_capacity
         if extent <= cols:
             return
         while cols < extent:
             cols *= 2
-        rows = self.store.row_capacity
+        rows = len(self._rows)
         if self.max_kv_bytes is not None and rows * cols * self.cell_bytes > self.max_kv_bytes:
             if self.max_kv_bytes // (rows * self.cell_bytes) < extent:
                 rows = max(1, len(self._occupied()))
@@ -555,12 +520,12 @@ class Engine:
             new_cap = cap
             while new_cap < cap + n - trailing and new_cap < self.max_rows:
                 new_cap = min(self.max_rows, new_cap * 2)
-            cols = self.store.col_capacity
+            cols = self.col_capacity
             if self.max_kv_bytes is not None:  # as many rows as fit, if that is enough
                 if self.max_kv_bytes // (cols * self.cell_bytes) < used + n:
                     cols = self._min_cols()  # columns past the longest branch are not needed
                 new_cap = max(min(new_cap, self.max_kv_bytes // (cols * self.cell_bytes)), used + n)
-            if new_cap > cap or cols != self.store.col_capacity:
+            if new_cap > cap or cols != self.col_capacity:
                 self._resize(new_cap, cols)
             run = _free_run(self._rows, n)
         if run is not None:
@@ -583,8 +548,8 @@ class Engine:
         return max([16] + [b.length for b in self._occupied()])
 
     def _resize(self, rows: int, cols: int) -> None:
-        """Reallocate the store and hidden states to `rows` x `cols`, keeping every live branch's
-        columns; when `rows` is below the row capacity, live branches move to rows 0, 1, ..."""
+        """Make the capacity `rows` x `cols`, keeping every live branch's state; when `rows` is below
+        the row capacity, live branches move to rows 0, 1, ..."""
         self._check_bytes(rows, cols)
         live = self._occupied()
         keep = None
@@ -595,15 +560,8 @@ class Engine:
             self._rows = live + [None] * (rows - len(live))
         else:
             self._rows += [None] * (rows - len(self._rows))
-        self.store.resize(rows, cols, keep)
-        old = self.hidden
-        hidden = old.new_zeros(rows, cols, old.shape[2])
-        n = min(cols, old.shape[1])
-        if keep is None:
-            hidden[: old.shape[0], :n] = old[:, :n]
-        else:
-            hidden[: len(keep), :n] = old[torch.tensor(keep, dtype=torch.long, device=old.device), :n]
-        self.hidden = hidden
+        self.backend.resize(rows, cols, keep)
+        self.col_capacity = cols
         self._note_peaks()
 
     def _check_bytes(self, rows: int, cols: int) -> None:
@@ -615,13 +573,9 @@ class Engine:
             )
 
     def _free(self, b: Branch) -> None:
+        self.backend.free(b)
         self._rows[b.row] = None
         b.released = True
-
-    def _logits(self, bs: list[Branch]) -> torch.Tensor:
-        rows = torch.tensor([b.row for b in bs], device=self._out_device)
-        cols = torch.tensor([b.length - 1 for b in bs], device=self._out_device)
-        return self.lm_head(self.hidden[rows, cols]).float()
 
     def _note_peaks(self) -> None:
         live = len(self.live_branches)  # callers' branches; cache rows show in peak_kv_bytes

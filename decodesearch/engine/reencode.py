@@ -1,67 +1,68 @@
-"""`ReencodeEngine`: the Engine API run the way hand-rolled search loops (and the official RAIN
-code) run: batch size 1, one private HF cache per branch that only grows; a fork or a rewind is
-a cache miss, and a miss re-encodes the branch's whole sequence from scratch.
+"""`Reencode`: the engine's backend swapped for the way hand-rolled search loops (and the official
+RAIN code) run: batch size 1, one private HF cache per branch that only grows; a fork or a rewind
+is a cache miss, and a miss re-encodes the branch's whole sequence from scratch.
 
-It exists to measure what the engine saves (benchmarks/) and as a plain oracle in tests; it shares
-`Engine`'s decode loop, sampling and stop rules, so both produce the same tokens from the same seeds.
+`Engine(model, tokenizer, backend=Reencode())` exists to measure what the engine saves
+(benchmarks/) and as a plain oracle in tests; everything but the backend is the engine's (decode
+loop, sampling, stop rules), so both produce the same tokens from the same seeds. The prefix cache
+is off with it (`reuses_prefixes = False`): the baseline shares nothing between prompts either.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import torch
 from transformers import DynamicCache
 
-from decodesearch.engine.engine import Branch, Engine
+from decodesearch.engine.backend import Backend
 
 
-class ReencodeEngine(Engine):
-    """Same operations and stats as `Engine`; no KV sharing between branches or prompts, no batching.
+class Reencode(Backend):
+    """No KV sharing between branches or prompts, no batching: tokens are only recorded when
+    encoded, and a branch's cache catches up (batch 1) when its logits are asked for.
 
-    With `miss_on_extend=True` an `extend` is a cache miss too: the loop that calls
-    `model.generate` afresh on the whole text for every segment.
+    With `miss_on_extend=True` teacher-forced tokens (a prefill or an `extend`) are a cache miss too:
+    the loop that calls `model.generate` afresh on the whole text for every segment.
     """
 
-    def __init__(self, model, tokenizer, *, miss_on_extend: bool = False, **kwargs):
-        kwargs.setdefault("prefix_cache_rows", 0)  # the baseline shares nothing between prompts either
-        super().__init__(model, tokenizer, **kwargs)
-        self.miss_on_extend = miss_on_extend
+    reuses_prefixes = False
 
-    def _copy_state(self, branch: Branch, children: list[Branch]) -> None:
+    def __init__(self, *, miss_on_extend: bool = False):
+        self.miss_on_extend = bool(miss_on_extend)
+        self._caches: dict[int, tuple[DynamicCache, torch.Tensor | None]] = {}  # id(branch) -> (cache, logits)
+
+    def resize(self, rows, cols, keep) -> None:
+        pass  # caches are per branch, not per row
+
+    def encode(self, branches, ids, logprobs) -> None:
+        if self.miss_on_extend:
+            for b, lps in zip(branches, logprobs):
+                if all(lp is None for lp in lps):
+                    self._caches.pop(id(b), None)
+
+    def copy(self, src, dsts, n) -> None:
         pass  # a child starts with no cache: its first use re-encodes its whole sequence
 
-    def _drop_columns(self, branch: Branch, n: int) -> None:
-        branch._reencode_cache = None  # a rewind is a cache miss
+    def truncate(self, branch, n) -> None:
+        self._caches.pop(id(branch), None)  # a rewind is a cache miss
 
-    def _forward(self, branches, ids, logprobs=None) -> None:
-        # Tokens are only recorded here; they are encoded lazily when logits are needed. Teacher-forced
-        # tokens (no log-probs: a prefill or an `extend`) are a cache miss with `miss_on_extend`.
-        for i, (b, x) in enumerate(zip(branches, ids)):
-            lps = [None] * len(x) if logprobs is None else logprobs[i]
-            if self.miss_on_extend and all(lp is None for lp in lps):
-                b._reencode_cache = None
-            b.tokens.extend(x)
-            b.token_logprobs.extend(lps)
-
-    def _logits(self, bs: Sequence[Branch]) -> torch.Tensor:
+    def logits(self, branches) -> torch.Tensor:
+        eng = self.engine
         rows = []
-        for b in bs:
-            cache = getattr(b, "_reencode_cache", None)
+        for b in branches:
+            cache, logits = self._caches.get(id(b), (None, None))
             done = 0 if cache is None else cache.get_seq_length()
             if cache is None:
-                cache = DynamicCache(config=self.model.config)
+                cache = DynamicCache(config=eng.model.config)
             new = b.tokens[done:]
             if new:
-                out = self.model(
-                    input_ids=torch.tensor([new], device=self._in_device), cache=cache, use_cache=True, logits_to_keep=1
-                )
-                b._reencode_cache, b._reencode_logits = cache, out.logits[0, -1].float()
-                self.stats.tokens_forwarded += len(new)
-                self.stats.forward_calls += 1
-            rows.append(b._reencode_logits)
+                out = eng.model(input_ids=torch.tensor([new], device=eng.in_device), cache=cache, use_cache=True,
+                                logits_to_keep=1)
+                logits = out.logits[0, -1].float()
+                self._caches[id(b)] = (cache, logits)
+                eng.stats.tokens_forwarded += len(new)
+                eng.stats.forward_calls += 1
+            rows.append(logits)
         return torch.stack(rows)
 
-    def _free(self, b: Branch) -> None:
-        b._reencode_cache = None
-        super()._free(b)
+    def free(self, branch) -> None:
+        self._caches.pop(id(branch), None)
