@@ -30,7 +30,7 @@ def test_prefix_cache_match_insert_evict_lru():
     assert cache.match_prefix([1, 2, 8]) == (None, 0)  # 2 < min_tokens
     assert cache.insert(c) == [b]  # b is least recently used (a was just matched)
     assert cache.evict(5, keep=[a]) == [c] and cache.entries == [a]
-    assert cache.covers([1, 2, 3]) and not cache.covers([1, 2, 3, 4, 5, 6])
+    assert cache.covering([1, 2, 3]) is a and cache.covering([1, 2, 3, 4, 5, 6]) is None
     assert common_prefix([1, 2], [1, 2, 3]) == 2
     with pytest.raises(ValueError, match="prefix_cache_rows"):
         PrefixCache(-1, 3)
@@ -50,10 +50,13 @@ def test_shared_prefix_is_forwarded_once_and_reuse_is_exact(tiny_llama):
     out = engine.decode([r2], 12, stop=NO_EOS)[0]
     assert out == plain.decode([plain.prefill(p2)], 12, stop=NO_EOS)[0]
     assert torch.allclose(engine.logits([r2])[0], fresh_logits(model, r2.tokens), atol=1e-4)
-    # The same prompt again: everything but its last token comes from the cache.
-    before = engine.stats.tokens_forwarded
-    engine.prefill(p1)
-    assert engine.stats.tokens_forwarded == before + 1
+    # The same prompt again: all of it comes from the cache, no forward; its logits are exact.
+    before = engine.stats.as_dict()
+    again = engine.prefill(p1)
+    assert engine.stats.tokens_forwarded == before["tokens_forwarded"]
+    assert engine.stats.forward_calls == before["forward_calls"]
+    assert engine.stats.tokens_reused == before["tokens_reused"] + len(p1)
+    assert torch.allclose(engine.logits([again])[0], fresh_logits(model, p1), atol=1e-4)
 
 
 def test_cached_rows_give_way_to_live_branches(tiny_llama):
@@ -86,3 +89,35 @@ def test_scheduler_route_reuses_the_shared_prefix(tiny_llama):
     together = Engine(model, tok)
     assert [r.token_ids for r in strat.run(together, problems)] == [r.token_ids for r in want]
     assert together.stats.tokens_reused >= 3 * 60
+
+
+def test_released_branch_kept_in_cache_serves_later_prefills_and_pins_hold(tiny_llama):
+    """`release(cache=True)` keeps a branch's state for later prefills; a pinned entry outlives the
+    capacity (an unpinned one does not) until `unpin`; a kept handle is unusable."""
+    model, tok = tiny_llama
+    engine = Engine(model, tok, max_rows=8, prefix_cache_rows=1, prefix_min_tokens=8)
+    head = engine.prefill(SHARED[:40])
+    assert engine.release(head, cache=True, pin=True)  # (its prompt copy already covers it: that entry is pinned)
+    with pytest.raises(ValueError, match="released"):
+        engine.decode([head], 1)
+    ctx = engine.prefill(SHARED[:40] + [5, 6, 7, 8, 9, 10, 11, 12])
+    assert engine.stats.tokens_reused == 40
+    engine.decode([ctx], 4, stop=NO_EOS)
+    ctx_tokens = list(ctx.tokens)
+    assert engine.release(ctx, cache=True)
+    before = engine.stats.tokens_forwarded
+    again = engine.prefill(ctx_tokens[:-2])  # a prefix of the kept branch: nothing to forward
+    assert engine.stats.tokens_forwarded == before
+    assert torch.allclose(engine.logits([again])[0], fresh_logits(model, ctx_tokens[:-2]), atol=1e-4)
+    engine.release(again)
+    # Capacity 1: another unpinned entry evicts the context entry, never the pinned head.
+    other = engine.prefill([9] * 30)
+    engine.release(other, cache=True)
+    held = [e.tokens for e in engine.prefix_cache.entries]
+    assert SHARED[:40] in held and ctx_tokens not in held and len(held) == 2
+    assert not engine.release(engine.prefill([3] * 4), cache=True)  # shorter than prefix_min_tokens
+    engine.unpin(SHARED[:40])
+    with pytest.raises(ValueError, match="pinned"):
+        engine.unpin(SHARED[:40])
+    assert len(engine.prefix_cache) == 1  # unpinned, the head counts against capacity again
+    assert engine.live_branches == []

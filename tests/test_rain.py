@@ -317,14 +317,25 @@ def test_self_judge_matches_fresh_forward_one_batch_and_memo(tiny_llama):
     assert engine.live_branches == []
 
 
-def test_self_judge_soft_scores_and_rewind_parity(tiny_llama):
+def test_self_judge_soft_scores_same_with_and_without_the_prefix_cache(tiny_llama):
+    """Contexts reused from the engine's prefix cache give the scores of a judge that forwards
+    everything (cache off); the reuse shows in `tokens_reused`."""
     model, tok = tiny_llama
-    engine = CheckedEngine(model, tok, max_rows=16)
-    judge = tiny_judge(soft=True)
-    v = run_one(engine, lambda ctx: judge.evaluate(ctx, ["abc", "abd", "xyz"]))
-    assert all(-1.0 <= x <= 1.0 for x in v) and len(set(v)) > 1
-    assert engine.rewinds_checked >= 3
-    judge.release(engine)
+    texts = ["Human: abc\n\nAssistant: one", "Human: abc\n\nAssistant: one two", "xyz"]
+    scores, reused = [], []
+    for rows in (4, 0):
+        engine = Engine(model, tok, max_rows=16, prefix_cache_rows=rows, prefix_min_tokens=8)
+        judge = tiny_judge(soft=True)
+        judge.prepare(engine)
+        scores.append([run_one(engine, lambda ctx, t=t: judge.evaluate(ctx, [t]))[0] for t in texts])
+        reused.append(engine.stats.tokens_reused)
+        judge.release(engine)
+        assert engine.live_branches == [] and not any(engine.prefix_cache.pins(e) for e in engine.prefix_cache.entries)
+    assert scores[0] == pytest.approx(scores[1], abs=1e-4)
+    assert all(-1.0 <= x <= 1.0 for x in scores[0]) and len(set(scores[0])) > 1
+    head = len(tok.encode(TINY_TEMPLATE.split("{text}")[0]))
+    # each text reuses at least the few-shot block; the second also the first text's context
+    assert reused[0] >= 3 * head + len(tok.encode(texts[0])) and reused[1] == 0
 
 
 def test_rain_prefills_the_judge_prefix_once_per_run(tiny_llama):
@@ -776,7 +787,7 @@ def test_cli_preset_flag_builds_rain_with_the_preset():
 
 def test_settings_follow_a_capped_copy_and_the_signature_lists_every_knob(tiny_llama):
     """`integrations.hf.capped` lowers `max_tokens` on a shallow copy: the copy's searches stop
-    there. lm-eval's model_args parser reads RAIN's signature: every knob and `preset` are in it."""
+    there. The options (CLI, lm-eval model args) are RainSettings' fields: every knob and `preset`."""
     from decodesearch.integrations.hf import capped
     from decodesearch.options import options_of
     from decodesearch.strategies.rain import RainSettings
@@ -789,7 +800,7 @@ def test_settings_follow_a_capped_copy_and_the_signature_lists_every_knob(tiny_l
     res = short.run(Engine(model, tok, max_rows=24), ["Go"])[0]
     assert res.tokens_generated == 3
     opts = options_of(RAIN)
-    knobs = set(RainSettings.names()) - {"sampler", "stop", "rollout_sampler"}
+    knobs = set(RainSettings.names()) - {"sampler", "stop", "rollout_sampler", "prompt_format"}
     assert knobs <= {k for k, v in opts.items() if v.settable}
     assert opts["preset"].kind is str and opts["evaluator"].kind is str and opts["max_visits"].kind is int
 

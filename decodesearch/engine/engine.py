@@ -212,7 +212,8 @@ class Engine:
 
     @torch.no_grad()
     def prefill(self, ids: Sequence[int], seed: int | None = None) -> Branch:
-        """A new root branch over `ids` (the prompt). One forward over `ids`."""
+        """A new root branch over `ids` (the prompt): one forward over what the prefix cache does not
+        hold (none when an entry holds all of `ids`)."""
         return self.prefill_batch([ids], seeds=None if seed is None else [seed])[0]
 
     @torch.no_grad()
@@ -220,8 +221,10 @@ class Engine:
         """New root branches, one per prompt, prefilled in one ragged forward (of what the prefix
         cache does not hold)."""
         out, rest = self._new_roots(prompts, seeds)
+        todo = [i for i, x in enumerate(rest) if x]
         try:
-            self._forward(out, rest)
+            if todo:
+                self._forward([out[i] for i in todo], [rest[i] for i in todo])
         except BaseException:
             for b in out:
                 self._free(b)
@@ -232,8 +235,8 @@ class Engine:
 
     def _new_roots(self, prompts: Sequence[Sequence[int]], seeds: Sequence[int] | None) -> tuple[list[Branch], list]:
         """Rows and handles for new root branches, and the ids still to forward for each: a root
-        starts with the columns of the longest cached prefix of its prompt (at most all but its
-        last token, which is forwarded for its logits)."""
+        starts with the columns of the longest cached prefix of its prompt (all of it when an entry
+        holds the whole prompt: the copied last column's hidden state gives its logits)."""
         prompts = [self._check_ids(ids, "ids") for ids in prompts]
         if not prompts:
             raise ValueError("prompts must contain at least one token list")
@@ -241,7 +244,7 @@ class Engine:
             raise ValueError(f"seeds has {len(seeds)} entries; expected one per prompt ({len(prompts)})")
         for ids in prompts:
             self._check_context(0, len(ids))
-        hits = [self.prefix_cache.match_prefix(ids[:-1]) for ids in prompts]
+        hits = [self.prefix_cache.match_prefix(ids) for ids in prompts]
         try:
             rows = self._alloc_rows(len(prompts), keep=[src for src, _ in hits if src is not None])
         except CapacityError:
@@ -268,7 +271,7 @@ class Engine:
         """Keep a copy of a just-prefilled prompt in the prefix cache (if worth it and a row is free
         without evicting anything but older cache entries)."""
         cache = self.prefix_cache
-        if not cache.capacity or root.length < cache.min_tokens or cache.covers(root.tokens):
+        if not cache.capacity or root.length < cache.min_tokens or cache.covering(root.tokens) is not None:
             return
         try:
             [row] = self._alloc_rows(1, keep=[root])
@@ -441,10 +444,43 @@ class Engine:
             raise ValueError(f"candidate_ids out of range; accepted: 0..{vocab - 1}")
         return score(logits, ids.to(logits.device).contiguous(), check_ids=False)[1]  # range checked above
 
-    def release(self, branch: Branch) -> None:
-        """Free `branch`'s row. The handle is unusable afterwards."""
+    def release(self, branch: Branch, *, cache: bool = False, pin: bool = False) -> bool:
+        """Free `branch`'s row; the handle is unusable afterwards.
+
+        With `cache=True` the row stays as a prefix-cache entry holding `branch.tokens`, so a later
+        `prefill` whose ids start with (part of) them copies those columns instead of forwarding them;
+        an entry already holding all of them is kept instead (and this row freed). With `pin=True` as
+        well, that entry is pinned until `unpin(branch.tokens)`. Not kept: with the prefix cache off,
+        or a sequence shorter than `prefix_min_tokens` unless pinned. Returns whether it was kept."""
         self._check_live([branch])
-        self._free(branch)
+        pc = self.prefix_cache
+        if not (cache and pc.capacity and (pin or branch.length >= pc.min_tokens)):
+            self._free(branch)
+            return False
+        entry = pc.covering(branch.tokens)
+        if entry is not None:
+            self._free(branch)
+            pc.match_prefix(branch.tokens)  # the holder becomes the most recently used
+        else:  # the row itself becomes the entry; the caller's handle on it is released
+            entry = branch
+            branch.released = True
+        evicted = pc.insert(entry, pin=pin) if entry is branch else []
+        if pin and entry is not branch:
+            pc.pin(entry)
+        for old in evicted:
+            self._free(old)
+        return True
+
+    def unpin(self, ids: Sequence[int]) -> None:
+        """Drop one pin (from `release(..., pin=True)`) of the prefix-cache entry holding exactly `ids`
+        or starting with them; ValueError if no pinned entry does."""
+        ids = list(ids)
+        entry = next((b for b in self.prefix_cache.entries if self.prefix_cache.pins(b)
+                      and b.tokens[: len(ids)] == ids), None)
+        if entry is None:
+            raise ValueError("unpin: no pinned prefix-cache entry holds these ids")
+        for old in self.prefix_cache.unpin(entry):
+            self._free(old)
 
     @property
     def live_branches(self) -> list[Branch]:

@@ -43,17 +43,20 @@ class _Request:
 
 
 class _Rows(_Request):
-    """`prefill` (branch None: a new root over `ids`) or `fork` of `branch` into `n`: needs rows."""
+    """`prefill` (branch None: new roots over `prompts`, seeded with `seeds`) or `fork` of `branch`
+    into `n`: needs `n` rows."""
 
-    def __init__(self, n: int, branch: Branch | None = None, ids: list[int] | None = None, seed: int | None = None):
-        self.n, self.branch, self.ids, self.seed = n, branch, ids, seed
+    def __init__(self, n: int, branch: Branch | None = None, prompts: list[list[int]] | None = None,
+                 seeds: list[int] | None = None):
+        self.n, self.branch, self.prompts, self.seeds = n, branch, prompts, seeds
 
 
 class _Forward(_Request):
-    """Tokens to forward (`extend`, or the prompt of a new root); resolves to `result`."""
+    """Tokens to forward (`extend`, or the prompts of new `roots`, which then go to the prefix
+    cache); resolves to `result`."""
 
-    def __init__(self, branches: list[Branch], ids: list[list[int]], result: Any = None):
-        self.branches, self.ids, self.result = branches, ids, result
+    def __init__(self, branches: list[Branch], ids: list[list[int]], result: Any = None, roots: Sequence[Branch] = ()):
+        self.branches, self.ids, self.result, self.roots = branches, ids, result, list(roots)
 
 
 class _Decode(_Request):
@@ -95,9 +98,18 @@ class SearchEngine:
         return self.rows - len(self.owned)
 
     async def prefill(self, ids: Sequence[int], seed: int | None = None) -> Branch:
-        ids = self.engine._check_ids(ids, "ids")
-        self.engine._check_context(0, len(ids))
-        return await _Rows(1, ids=ids, seed=seed)
+        return (await self.prefill_batch([ids], None if seed is None else [seed]))[0]
+
+    async def prefill_batch(self, prompts: Sequence[Sequence[int]], seeds: Sequence[int] | None = None) -> list[Branch]:
+        """As `Engine.prefill_batch`: new roots, their uncached parts forwarded in one shared step."""
+        prompts = [self.engine._check_ids(ids, "ids") for ids in prompts]
+        if not prompts:
+            raise ValueError("prompts must contain at least one token list")
+        if seeds is not None and len(seeds) != len(prompts):
+            raise ValueError(f"seeds has {len(seeds)} entries; expected one per prompt ({len(prompts)})")
+        for ids in prompts:
+            self.engine._check_context(0, len(ids))
+        return await _Rows(len(prompts), prompts=prompts, seeds=None if seeds is None else list(seeds))
 
     async def fork(self, branch: Branch, n: int) -> list[Branch]:
         self.engine._check_live([branch])
@@ -122,8 +134,11 @@ class SearchEngine:
     def rewind(self, branch: Branch, n: int) -> None:
         self.engine.rewind(branch, n)
 
-    def release(self, branch: Branch) -> None:
-        self.engine.release(branch)
+    def release(self, branch: Branch, *, cache: bool = False, pin: bool = False) -> bool:
+        return self.engine.release(branch, cache=cache, pin=pin)
+
+    def unpin(self, ids: Sequence[int]) -> None:
+        self.engine.unpin(ids)
 
     def logits(self, branches: Sequence[Branch]) -> torch.Tensor:
         return self.engine.logits(branches)
@@ -292,19 +307,23 @@ class Scheduler:
         req = t.waiting
         if self.engine.free_rows < req.n:
             return
-        if req.branch is None and self._waits_for_prefix(req.ids):
+        if req.branch is None and any(self._waits_for_prefix(ids) for ids in req.prompts):
             return
         try:
             if req.branch is None:
-                [b], [rest] = self.engine._new_roots([req.ids], None if req.seed is None else [req.seed])
-                t.ctx.owned.append(b)
-                t.ctx.stats.tokens_reused += len(req.ids) - len(rest)
-                t.waiting = _Forward([b], [rest], result=b)  # a new root: its prompt goes to the prefix cache
-                return
-            kids = self.engine.fork(req.branch, req.n)
-            t.ctx.owned.extend(kids)
-            t.ctx.stats.rows_copied += len(kids)
-            t.send = kids
+                roots, rests = self.engine._new_roots(req.prompts, req.seeds)
+                t.ctx.owned.extend(roots)
+                t.ctx.stats.tokens_reused += sum(len(p) - len(r) for p, r in zip(req.prompts, rests))
+                todo = [(b, r) for b, r in zip(roots, rests) if r]  # none: the cache held every prompt
+                if todo:
+                    t.waiting = _Forward([b for b, _ in todo], [r for _, r in todo], result=roots, roots=roots)
+                    return
+                t.send = roots
+            else:
+                kids = self.engine.fork(req.branch, req.n)
+                t.ctx.owned.extend(kids)
+                t.ctx.stats.rows_copied += len(kids)
+                t.send = kids
         except Exception as err:
             t.throw = err
         t.waiting, t.ready = None, True
@@ -315,13 +334,14 @@ class Scheduler:
         cache = self.engine.prefix_cache
         if not cache.capacity:
             return False
-        have = cache.match_prefix(ids[:-1])[1]
+        have = cache.match_prefix(ids)[1]
         for t in self._tasks:
             w = t.waiting
-            if isinstance(w, _Forward) and isinstance(w.result, Branch):
-                n = common_prefix(w.result.tokens + w.ids[0], ids[:-1])
-                if n >= cache.min_tokens and n > have:
-                    return True
+            if isinstance(w, _Forward) and w.roots:
+                for b, x in zip(w.branches, w.ids):
+                    n = common_prefix(b.tokens + x, ids)
+                    if n >= cache.min_tokens and n > have:
+                        return True
         return False
 
     def _step(self, tasks: list[_Task]) -> bool:
@@ -354,8 +374,8 @@ class Scheduler:
             if t.throw is not None or t.ready:
                 continue
             if isinstance(t.waiting, _Forward):
-                if isinstance(t.waiting.result, Branch):
-                    self.engine._remember_prompt(t.waiting.result)
+                for root in t.waiting.roots:
+                    self.engine._remember_prompt(root)
                 t.send, t.waiting, t.ready = t.waiting.result, None, True
             elif isinstance(t.waiting, _Decode) and all(r.stop_reason is not None for r in t.waiting.rows):
                 t.send, t.waiting, t.ready = [r.result() for r in t.waiting.rows], None, True

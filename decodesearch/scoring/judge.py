@@ -9,14 +9,14 @@ order 1 lists the good option first, order 2 second; ``a = 1`` if the good lette
 (`judge_value`). With ``soft=True``, ``a``/``b`` are the good letter's probability renormalised over
 the two letters, so ``v ∈ [−1, 1]``.
 
-On an engine the few-shot block is prefilled ONCE (per engine, `prepare`) and every evaluation
-forks it. Evaluation runs inside a search (`await evaluate(search_engine, texts)`), so the judge
-calls of concurrent searches share the scheduler's forwards. Each search keeps the branches of its
-last evaluated texts (``context_cache`` of them; released with the search), and a new text forks
-the cached branch sharing the longest token prefix, rewinds what differs and forwards only the
-rest, so the shared conversation (prompt and committed response) is not re-encoded per
-evaluation. Both option orders go through the model in ONE batched forward. Scores are memoised
-by text (per engine).
+On an engine the few-shot block is prefilled ONCE (per engine, `prepare`) and kept, pinned, in the
+engine's prefix cache until `release`. Evaluation runs inside a search (`await evaluate(
+search_engine, texts)`), so the judge calls of concurrent searches share the scheduler's forwards.
+Each text is prefilled after the few-shot block (with the question's opening) and the prefix cache
+supplies the longest part already forwarded: the block, or an earlier evaluated context, which
+goes back to the cache after scoring (`release(..., cache=True)`), so the shared conversation
+(prompt and committed response) is not re-encoded per evaluation. Both option orders go through
+the model in ONE batched forward. Scores are memoised by text (per engine).
 
 A template may instead ask ONE question once (``both_orders=False``, e.g. `TRUTHFUL_YES_NO`, as the
 official truthfulness variant does): its first letter is the good answer and the score is
@@ -326,10 +326,9 @@ class CallableEvaluator:
 
 @dataclass
 class _EngineState:
-    prefix: Any  # Branch over the few-shot block
+    head: list[int]  # the few-shot block's ids
+    pinned: bool = False  # whether this judge holds a pin on the block in the engine's prefix cache
     memo: dict = field(default_factory=dict)
-    # Per search: [(text_ids tuple, Branch)], most recent last (the search owns the branches).
-    contexts: "weakref.WeakKeyDictionary[Any, list]" = field(default_factory=weakref.WeakKeyDictionary)
 
 
 class SelfJudge:
@@ -339,9 +338,8 @@ class SelfJudge:
     ``"math_step"``), a `JudgeTemplate`, or a prompt string (then `good` and `bad` are required).
     `letters`: the two option letters as written in the template (default: the template's); each
     must be ONE token of the tokenizer after the prompt (checked against `tokenizer` when given, else
-    on first use). `context_cache`: how many evaluated-text branches to keep for
-    prefix reuse (0 = always fork the few-shot prefix). `max_text_tokens`: texts longer than this are
-    cut from the left (default: whatever the model's context leaves).
+    on first use). Texts longer than the model's context leaves are cut from the left. How many
+    evaluated contexts stay for reuse is the engine's `prefix_cache_rows`.
     """
 
     def __init__(
@@ -353,7 +351,6 @@ class SelfJudge:
         bad: str | None = None,
         context_format: str | None = None,
         soft: bool = False,
-        context_cache: int = 2,
         tokenizer=None,
     ):
         if isinstance(template, str) and template in TEMPLATES:
@@ -386,24 +383,20 @@ class SelfJudge:
             raise ValueError(f"letters={letters!r}: the two option letters must differ")
         if "{response}" not in template.context_format:
             raise ValueError("context_format must contain a {response} slot (and usually {prompt})")
-        if not isinstance(context_cache, int) or context_cache < 0:
-            raise ValueError(f"context_cache={context_cache!r} is out of range; accepted: an int >= 0")
         self.template = template
         self.letters = tuple(letters)
         self.soft = bool(soft)
-        self.context_cache = context_cache
         self.context_format = template.context_format
         self._head = head
         self.both_orders = bool(template.both_orders)
         self._suffixes = (tail.replace("{first}", template.good).replace("{second}", template.bad),)
         if self.both_orders:
             self._suffixes += (tail.replace("{first}", template.bad).replace("{second}", template.good),)
-        self._states: "weakref.WeakKeyDictionary[Any, _EngineState]" = weakref.WeakKeyDictionary()
+        self._states: "weakref.WeakKeyDictionary[object, _EngineState]" = weakref.WeakKeyDictionary()
         self._letter_ids: dict[int, tuple[int, int]] = {}
         self.evaluations = 0
         self.cache_hits = 0
         self.prefix_prefills = 0
-        self.rewinds = 0
         # (P(A), P(B)) in order 1, then in order 2, for each text of the last batch scored (one pair,
         # P(good letter), P(bad letter), for a one-order template).
         self.last_probs: dict[str, tuple[float, ...]] = {}
@@ -436,28 +429,36 @@ class SelfJudge:
             self._letter_ids[key] = (ids[0], ids[1])
         return self._letter_ids[key]
 
-    def prepare(self, engine) -> bool:
-        """Prefill the few-shot prefix on `engine` unless it is already live there. Returns True if it
-        prefilled now (the caller then owns it and should `release(engine)` when done)."""
-        self.letter_ids(engine.tokenizer)
+    def _state(self, engine) -> _EngineState:
         st = self._states.get(engine)
-        if st is not None and not st.prefix.released:
+        if st is None:
+            ids = list(engine.tokenizer.encode(self._head, add_special_tokens=True))
+            if not ids:
+                bos = getattr(engine.tokenizer, "bos_token_id", None)
+                ids = [bos if bos is not None else min(engine.eos_ids or {0})]
+            st = self._states[engine] = _EngineState(head=ids)
+        return st
+
+    def prepare(self, engine) -> bool:
+        """Prefill the few-shot prefix on `engine` and pin it in the engine's prefix cache, unless this
+        judge holds it there already. Returns True if it did now (the caller should then
+        `release(engine)` when done). With the engine's prefix cache off nothing is kept: each
+        evaluation then forwards the block again."""
+        self.letter_ids(engine.tokenizer)
+        st = self._state(engine)
+        if st.pinned or not engine.prefix_cache.capacity:
             return False
-        ids = list(engine.tokenizer.encode(self._head, add_special_tokens=True))
-        if not ids:
-            bos = getattr(engine.tokenizer, "bos_token_id", None)
-            ids = [bos if bos is not None else min(engine.eos_ids or {0})]
-        prefix = engine.prefill(ids)
-        memo = st.memo if st is not None else {}
-        self._states[engine] = _EngineState(prefix=prefix, memo=memo)
+        st.pinned = engine.release(engine.prefill(st.head), cache=True, pin=True)
         self.prefix_prefills += 1
         return True
 
     def release(self, engine) -> None:
-        """Release this judge's few-shot prefix on `engine` (cached contexts go with their search)."""
+        """Drop this judge's pin on its few-shot prefix on `engine` (the entry then ages out of the
+        prefix cache like any other)."""
         st = self._states.get(engine)
-        if st is not None and not st.prefix.released:
-            engine.release(st.prefix)
+        if st is not None and st.pinned:
+            engine.unpin(st.head)
+            st.pinned = False
 
     def context_tokens(self, tokenizer, text_tokens: int) -> int:
         """About the longest context row an evaluation holds when the judged text (prompt and
@@ -469,8 +470,8 @@ class SelfJudge:
 
     @property
     def rows_needed(self) -> int:
-        """Engine rows an evaluation may hold at once beyond the prefix (cached contexts + 2)."""
-        return self.context_cache + 2
+        """Engine rows one evaluated text holds at once (its context and the second option order)."""
+        return 2
 
     # ------------------------------------------------------------------ evaluation
 
@@ -479,7 +480,7 @@ class SelfJudge:
         calling search's `SearchEngine`."""
         texts = list(texts)
         self.prepare(engine.engine)
-        st = self._states[engine.engine]
+        st = self._state(engine.engine)
         todo = [t for t in dict.fromkeys(texts) if t not in st.memo]
         self.cache_hits += len(texts) - len(todo)
         if todo:
@@ -492,44 +493,28 @@ class SelfJudge:
         tok = engine.tokenizer
         id_a, id_b = self.letter_ids(tok)
         suffixes = [list(tok.encode(s, add_special_tokens=False)) for s in self._suffixes]
-        room = engine.max_context - st.prefix.length - max(map(len, suffixes)) - 1
+        room = engine.max_context - len(st.head) - max(map(len, suffixes)) - 1
         if room < 1:
-            raise ValueError(f"the judge prompt ({st.prefix.length} tokens) leaves no room in the model's context")
-        cached = [(ids, b) for ids, b in st.contexts.get(engine, []) if not b.released]
+            raise ValueError(f"the judge prompt ({len(st.head)} tokens) leaves no room in the model's context")
         self.last_probs = {}
-        ctxs, pending = [], []
-        for text in texts:
-            ids = list(tok.encode(text, add_special_tokens=False))[-room:] or [id_a]
-            base, base_ids, lcp = st.prefix, (), 0
-            for c_ids, c_b in cached:
-                n = common_prefix(c_ids, ids)
-                if n > lcp:
-                    base, base_ids, lcp = c_b, c_ids, n
-            b = (await engine.fork(base, 1))[0]
-            drop = len(base_ids) - lcp
-            if drop:  # a rewound branch's next-token logits are valid without a forward
-                engine.rewind(b, drop)
-                self.rewinds += 1
-            ctxs.append((tuple(ids), b))
-            pending.append(ids[lcp:])
-        # The two suffixes share their opening (the question, up to the first option): it is forwarded
-        # once with the text. Then order 1 continues on the context branch and order 2 on a fork of
-        # it, both in ONE forward; the context branch is rewound to the text afterwards. A one-order
-        # template forwards the text and its whole suffix in one go.
+        # Each text is prefilled after the few-shot block with the suffixes' shared opening (the
+        # question, up to the first option); the prefix cache supplies what was forwarded before.
+        # Then order 1 continues on that branch and order 2 on a fork of it, both in ONE forward; the
+        # context goes back to the prefix cache for the next evaluation. A one-order template
+        # forwards the text and its whole suffix in the prefill.
         common = common_prefix(suffixes[0], suffixes[1]) if self.both_orders else len(suffixes[0])
-        todo = [(b, x + suffixes[0][:common]) for (_, b), x in zip(ctxs, pending) if x or common]
-        if todo:
-            await engine.extend([b for b, _ in todo], [x for _, x in todo])
-        seconds = [(await engine.fork(b, 1))[0] for _, b in ctxs] if self.both_orders else []
-        rows = [b for _, b in ctxs] + seconds
+        ctxs = await engine.prefill_batch([
+            st.head + (list(tok.encode(t, add_special_tokens=False))[-room:] or [id_a]) + suffixes[0][:common]
+            for t in texts])
+        seconds = [(await engine.fork(b, 1))[0] for b in ctxs] if self.both_orders else []
+        rows = ctxs + seconds
         if seconds:
             await engine.extend(rows, [suffixes[0][common:]] * len(ctxs) + [suffixes[1][common:]] * len(ctxs))
         lp = engine.logprobs(rows, [id_a, id_b]).double()
         for b in seconds:
             engine.release(b)
-        for _, b in ctxs:
-            engine.rewind(b, len(suffixes[0]))
-            self.rewinds += 1
+        for b in ctxs:
+            engine.release(b, cache=True)
         scores = []
         n = len(ctxs)
         for i, text in enumerate(texts):
@@ -547,18 +532,11 @@ class SelfJudge:
             else:  # the good option is A in order 1 and B in order 2; a tie counts as a loss
                 a, b = float(pa1 > pb1), float(pb2 > pa2)
             scores.append(judge_value(a, b))
-        # Keep the newest contexts for prefix reuse; release the rest.
-        cached.extend(ctxs)
-        while len(cached) > self.context_cache:
-            _, old = cached.pop(0)
-            if not old.released:
-                engine.release(old)
-        st.contexts[engine] = cached
         return scores
 
     def stats(self) -> dict:
         return {"evaluations": self.evaluations, "cache_hits": self.cache_hits,
-                "prefix_prefills": self.prefix_prefills, "rewinds": self.rewinds}
+                "prefix_prefills": self.prefix_prefills}
 
 
 def as_evaluator(obj, context_format: str | None = None):
