@@ -97,7 +97,7 @@ def _args_strategy(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--trigger", action="append", dest="triggers", help="IDS trigger sentence (repeatable)")
     g.add_argument("--instruction", default=None, help="text appended to each problem (default asks for \\boxed{})")
     g.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
-                   help="a strategy option by its constructor name, e.g. --opt max_visits=20 (typed as the "
+                   help="a strategy option by its settings name, e.g. --opt max_visits=20 (typed as the "
                         "option is: a|b for a list, \\n for a newline)")
     _args_model(g)
     g.add_argument("--max-rows", type=int, default=64, help="engine: most live branches (default 64)")
@@ -106,7 +106,7 @@ def _args_strategy(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--concurrency", type=int, default=None,
                    help="most searches (prompts, problems) in flight at once (default: as many as --max-rows admits)")
     o = parser.add_argument_group("strategy options", "each applies to the strategies named after it; typed as the "
-                                  "strategy's constructor types it (a|b for a list, \\n for a newline)")
+                                  "strategy's settings type it (a|b for a list, \\n for a newline)")
     for flag, takers in _strategy_flag_options().items():
         option = takers[0][1]
         o.add_argument("--" + flag.replace("_", "-"), default=None, metavar=option.kind.__name__.upper(),
@@ -294,11 +294,12 @@ def _args_bench(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def bench_config(args: argparse.Namespace, problems=None) -> dict:
-    """The results header's configuration. `kind`: the answer check of the problems (one of KINDS,
-    or "mixed" when records differ), recorded when `problems` are given."""
+def bench_config(args: argparse.Namespace, strategy, problems=None) -> dict:
+    """The results header's configuration: the options given (`strategy_options`) and every setting
+    of the built `strategy` (`settings.as_config()`). `kind`: the answer check of the problems (one
+    of KINDS, or "mixed" when records differ), recorded when `problems` are given."""
     config = {"model": args.model, "dataset": args.dataset, "strategy": args.strategy, "dtype": args.dtype,
-              "options": strategy_options(args), "limit": args.limit}
+              "options": strategy_options(args), "settings": strategy.settings.as_config(), "limit": args.limit}
     if problems is not None:
         kinds = {p.kind for p in problems}
         config["kind"] = kinds.pop() if len(kinds) == 1 else "mixed"
@@ -320,7 +321,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     strategy = build_strategy(args.strategy, strategy_options(args))
     check_rows(strategy, args.max_rows)
     problems = load_problems(args.dataset, data_dir=args.data_dir, limit=args.limit, seed=args.seed, kind=args.kind)
-    config = bench_config(args, problems)
+    config = bench_config(args, strategy, problems)
     state = PartialState(cpu=_cpu_processes(args))
     check_out(args.out, config, rank=state.process_index, world_size=state.num_processes)
     device = args.device if state.num_processes == 1 else "cpu" if state.device.type == "cpu" else str(state.device)
@@ -500,11 +501,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         options = {**opts, "max_tokens": args.max_tokens, "seed": 0}
         out = out_dir / f"{label}.jsonl"
         out.unlink(missing_ok=True)  # each demo run starts afresh
+        strategy = build_strategy(name, options)
         config = {"model": args.model, "dataset": "math500", "strategy": name, "dtype": args.dtype,
-                  "options": options, "problems": [p.id for p in problems]}
+                  "options": options, "settings": strategy.settings.as_config(), "problems": [p.id for p in problems]}
         print(f"  {label} {opts or ''}")
         runs.append((label, opts, out))
-        bench_runs.append(BenchRun(build_strategy(name, options), str(out), config))
+        bench_runs.append(BenchRun(strategy, str(out), config))
     print("all of them at once on one engine (each step forwards the rows of every strategy's searches)", flush=True)
     t0 = time.perf_counter()
     run_benches(engine, bench_runs, problems)

@@ -1,13 +1,14 @@
 """One options layer: what a strategy can be given as text, and one parser for it.
 
-A strategy's options are its constructor's keyword parameters (its own and its bases', nearest
-wins; RAIN lists its `RainSettings` knobs in its signature), typed by their annotations
-(`typing.get_type_hints`) or, without one, by their default. `options_of(cls)` gives them as
-`Option`s; `parse(option, value)` turns a text (a CLI flag, `--opt KEY=VALUE`, an lm-eval model
-arg) or an already-typed value into the option's type, or raises one error format:
+A strategy's options are the fields of its settings dataclass (`Strategy.settings_class`, see
+`decodesearch.strategies.base`), typed by their hints (`typing.get_type_hints`); a field hinted
+`Any` with a text default (a spec such as ``scorer="self_judge"``) takes text. Any other dataclass
+(e.g. `Sampler`) has options the same way. `options_of(cls)` gives them as `Option`s;
+`parse(option, value)` turns a text (a CLI flag, `--opt KEY=VALUE`, an lm-eval model arg) or an
+already-typed value into the option's type, or raises one error format:
 ``"{name}={value!r} is not accepted; expected {what}"``. Ranges and choices are then checked by the
-strategy's constructor (``"{name}=... is out of range; accepted: ..."``). The CLI flags, `--opt`,
-lm-eval's model args and the results-file config all come from here.
+settings' `__post_init__` (``"{name}=... is out of range; accepted: ..."``). The CLI flags, `--opt`
+and lm-eval's model args come from here; results headers record `settings.as_config()`.
 
 Text forms: bool ``true/false/1/0/yes/no``; a list or tuple ``a|b|c``; ``\\n`` and ``\\t`` in a
 string become a newline and a tab (lm-eval splits model args on commas and shells make newlines
@@ -16,11 +17,10 @@ awkward, so texts such as triggers are written this way).
 
 from __future__ import annotations
 
-import inspect
-import sys
-from collections import abc
+import dataclasses
 import types
 import typing
+from collections import abc
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +31,7 @@ _SCALARS = (bool, int, float, str)
 
 @dataclass(frozen=True)
 class Option:
-    """One constructor option: its name, its type (`kind`: bool, int, float or str, or a list or
+    """One option: its name, its type (`kind`: bool, int, float or str, or a list or
     tuple of one of them; None when it cannot be given as text: objects, callables), whether None
     is accepted, and its default."""
 
@@ -71,45 +71,25 @@ def _from_hint(hint: Any) -> tuple[type | None, type | None, bool]:
     return None, None, optional
 
 
-def _from_default(default: Any) -> tuple[type | None, type | None, bool]:
-    if type(default) in _SCALARS:
-        return type(default), None, False
-    if isinstance(default, (list, tuple)) and default:
-        kinds = {type(x) for x in default}
-        if kinds <= {int, float} and kinds:
-            return (float if float in kinds else int), type(default), False
-        if len(kinds) == 1 and kinds <= set(_SCALARS):
-            return kinds.pop(), type(default), False
-    return None, None, default is None
-
-
 def options_of(cls: type) -> dict[str, Option]:
-    """The keyword options of `cls`'s constructor chain, by name (see the module docstring)."""
+    """The options of a strategy class (its `settings_class`'s fields) or of a dataclass, by name,
+    in field order (see the module docstring)."""
+    target = getattr(cls, "settings_class", cls)
+    if not dataclasses.is_dataclass(target):
+        raise TypeError(f"{cls!r} is neither a strategy class nor a dataclass")
+    hints = typing.get_type_hints(target)
     out: dict[str, Option] = {}
-    for klass in cls.__mro__:
-        init = klass.__dict__.get("__init__")
-        if init is None or klass is object:
-            continue
-        module = sys.modules.get(klass.__module__)
-        try:
-            hints = typing.get_type_hints(init, globalns=vars(module) if module else None)
-        except Exception:  # an annotation that does not resolve: fall back to the defaults
-            hints = {}
-        for name, p in inspect.signature(init).parameters.items():
-            if name == "self" or p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL) or name in out:
-                continue
-            hint = hints.get(name, p.annotation)
-            if isinstance(hint, str) and module is not None:
-                try:
-                    hint = eval(hint, vars(typing), dict(vars(module)))  # noqa: S307 (our own annotations)
-                except Exception:
-                    hint = inspect.Parameter.empty
-            kind, container, optional = (_from_hint(hint) if hint is not inspect.Parameter.empty
-                                         else _from_default(p.default))
-            if kind is None and hint is not inspect.Parameter.empty and type(p.default) in _SCALARS:
-                kind = type(p.default)  # e.g. `scorer: Any = "self_judge"`: settable as text
-            default = None if p.default is inspect.Parameter.empty else p.default
-            out[name] = Option(name, kind, container, optional or p.default is None, default)
+    for f in dataclasses.fields(target):
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = None
+        kind, container, optional = _from_hint(hints[f.name])
+        if kind is None and type(default) in _SCALARS:
+            kind = type(default)  # e.g. `scorer: Any = "self_judge"`: settable as text
+        out[f.name] = Option(f.name, kind, container, optional or default is None, default)
     return out
 
 

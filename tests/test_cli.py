@@ -114,6 +114,7 @@ def test_demo_runs_the_main_job(smollm2, capsys, tmp_path):
     for name in ("greedy", "self_consistency", "ids"):
         config, records = read_results(out_dir / f"{name}.jsonl")
         assert [r["id"] for r in records] == picked and config["options"]["max_tokens"] == 8
+        assert config["settings"]["max_tokens"] == 8 and config["settings"]["seed"] == 0
         assert re.search(rf"^{name} +\d+ +\d+% \(\d/2\)", out, re.M)  # its row of the table
     assert "ids - self_consistency:" in out and "95% bootstrap CI" in out
     assert all(pid in out for pid in picked)  # each problem's answers

@@ -172,6 +172,9 @@ def test_ids_from_model_args_string(tiny_dir, task_dir):
                                   task_manager=_tm(task_dir), bootstrap_iters=0)
     assert out["config"]["decodesearch_strategy"] == "ids"
     assert out["config"]["decodesearch_options"]["n"] == 2
+    settings = out["config"]["decodesearch_settings"]  # the strategy's settings, less the per-request ones
+    assert settings == {k: v for k, v in lm.strategy_settings.as_config().items() if k not in ("max_tokens", "stop")}
+    assert settings["b0"] == 2 and settings["sampler"]["top_k"] == 50 and settings["triggers"] == ["\nWait.", "\nHmm."]
     assert "exact_match,none" in out["results"][TASK]
 
 

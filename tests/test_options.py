@@ -1,34 +1,51 @@
-"""The options layer: options read from constructor signatures and type hints, one parser."""
+"""The options layer: options read from settings dataclass fields and their type hints, one parser."""
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
 
 import pytest
 
 from decodesearch.options import Option, options_of, parse, parse_options
 
 
+@dataclass(frozen=True)
 class _Base:
-    def __init__(self, *, max_tokens: int = 8, seed: int | None = None, hook: Callable | None = None):
-        pass
+    max_tokens: int = 8
+    seed: int | None = None
+    hook: Callable | None = None
 
 
-class _Thing(_Base):
-    def __init__(self, n: int = 4, gamma: float = 2.0, words: Sequence[str] = ("a",), sizes: tuple[int, ...] = (1, 2),
-                 flag: bool = False, name: str | None = None, untyped="text", **kwargs):
-        super().__init__(**kwargs)
+@dataclass(frozen=True)
+class _Settings(_Base):
+    n: int = 4
+    gamma: float = 2.0
+    words: Sequence[str] = ("a",)
+    sizes: tuple[int, ...] = (1, 2)
+    flag: bool = False
+    name: str | None = None
+    spec: Any = "text"
+    tags: list[str] = field(default_factory=lambda: ["x"])
 
 
-def test_options_come_from_the_constructor_chain_and_its_hints():
+class _Thing:
+    settings_class = _Settings
+
+
+def test_options_come_from_the_settings_fields_and_their_hints():
     opts = options_of(_Thing)
-    assert list(opts) == ["n", "gamma", "words", "sizes", "flag", "name", "untyped", "max_tokens", "seed", "hook"]
+    assert opts == options_of(_Settings)
+    assert list(opts) == ["max_tokens", "seed", "hook", "n", "gamma", "words", "sizes", "flag", "name", "spec", "tags"]
     assert (opts["n"].kind, opts["gamma"].kind, opts["flag"].kind) == (int, float, bool)
     assert (opts["words"].kind, opts["words"].container) == (str, list)
     assert (opts["sizes"].kind, opts["sizes"].container) == (int, tuple)
     assert opts["name"].optional and opts["seed"].optional and opts["seed"].kind is int
-    assert opts["untyped"].kind is str  # no annotation: typed by its default
+    assert opts["spec"].kind is str  # `Any` with a text default: settable as text
+    assert opts["tags"].default == ["x"]  # a default_factory's value
     assert not opts["hook"].settable
+    with pytest.raises(TypeError, match="neither a strategy class nor a dataclass"):
+        options_of(int)
 
 
 INT, FLOAT, BOOL, STR = (Option("opt", k, None, False, None) for k in (int, float, bool, str))

@@ -15,8 +15,8 @@ ARGS` runs lm-eval's CLI after registering it: the routes where `.pth` hooks do 
 (`python -S`, the source tree on PYTHONPATH instead of an install). From Python you can also build
 `DecodeSearchLM(...)` and pass the instance.
 
-Model args (strings from `--model_args`, typed by the strategy constructor's annotations, as the
-CLI types its flags: `decodesearch.options`):
+Model args (strings from `--model_args`, typed by the strategy's settings fields, as the CLI
+types its flags: `decodesearch.options`):
 - `pretrained`: a decodesearch registry name, a local folder or a hub id, loaded with
   `decodesearch.models.load_model(pretrained, dtype=dtype, device=device)` (`dtype`, `device`:
   "auto" by default); or, from Python, an already-loaded model (then pass `tokenizer` too).
@@ -64,7 +64,7 @@ from decodesearch.strategies import STRATEGIES, PromptFormat, SearchResult, Stra
 
 logger = logging.getLogger(__name__)
 
-# Strategy constructor arguments the adapter sets itself, and where the user sets them instead.
+# Strategy settings (and the `progress` callback) the adapter sets itself, and where the user sets them instead.
 RESERVED = {
     "max_tokens": "the task's max_gen_toks (override with --gen_kwargs max_gen_toks=N, or model arg max_gen_toks)",
     "stop": "the task's `until`",
@@ -182,7 +182,8 @@ class DecodeSearchLM(HFLM):
     """HFLM whose generation goes through a decodesearch strategy (see the module docstring).
 
     Attributes after construction: `engine` (one `Engine`, reused by every request),
-    `strategy_name`, `strategy_kwargs` (converted options, sampler included), `requests_done`,
+    `strategy_name`, `strategy_kwargs` (converted options, sampler included), `strategy_settings`
+    (the settings they make, before each request's `max_tokens` and `stop`), `requests_done`,
     `tokens_generated` and `tokens_forwarded` (sums over generate_until requests), and
     `last_result` (the `SearchResult` of the latest request, with its trace).
     """
@@ -210,11 +211,13 @@ class DecodeSearchLM(HFLM):
         self.strategy_kwargs = dict(split.strategy)
         self.strategy_kwargs["prompt_format"] = PromptFormat(instruction=None, chat=False)
         probe = self._build_strategy(self.strategy_kwargs)  # validates the options before loading
+        self.strategy_settings = probe.settings
         if split.sampler:
             try:
                 self.strategy_kwargs["sampler"] = dataclasses.replace(probe.sampler, **split.sampler)
             except ValueError as exc:
                 raise ValueError(f"model args {split.sampler}: {exc}") from None
+            self.strategy_settings = probe.revise(sampler=self.strategy_kwargs["sampler"])
 
         if isinstance(pretrained, str):
             from decodesearch.models import load_model
@@ -241,7 +244,7 @@ class DecodeSearchLM(HFLM):
     def _build_strategy(self, kwargs: dict[str, Any]) -> Strategy:
         try:
             return STRATEGIES[self.strategy_name](**kwargs)
-        except TypeError as exc:  # an option a subclass fixes itself (e.g. n for greedy)
+        except (TypeError, ValueError) as exc:  # e.g. n for greedy, which fixes it to 1
             raise ValueError(f"strategy {self.strategy_name!r} rejects its options: {exc}") from None
 
     @property
@@ -324,13 +327,17 @@ class DecodeSearchLM(HFLM):
         return out
 
     def get_model_info(self) -> dict:
-        """What lm-eval records in results["config"]: model size/dtype and the strategy (no hub lookups)."""
+        """What lm-eval records in results["config"]: model size/dtype, the strategy, the options
+        given and its settings (`as_config()`, less `max_tokens` and `stop`, set per request); no hub
+        lookups."""
         shown = {k: v for k, v in self.strategy_kwargs.items() if k != "prompt_format"}
+        settings = {k: v for k, v in self.strategy_settings.as_config().items() if k not in ("max_tokens", "stop")}
         return {
             "model_num_parameters": sum(p.numel() for p in self.model.parameters()),
             "model_dtype": str(self.model.dtype),
             "decodesearch_strategy": self.strategy_name,
             "decodesearch_options": {k: repr(v) if k == "sampler" else v for k, v in shown.items()},
+            "decodesearch_settings": settings,
         }
 
 

@@ -6,14 +6,29 @@ for one prefilled prompt, on a `SearchEngine` (await `fork`, `extend`, `decode`)
 (`Scheduler`: one forward per step for all of them); each result is timed, counts the tokens its
 search had forwarded, and every branch a search created is released when it ends, even on error.
 Results do not depend on the concurrency: prompt i's root seed is `derive_seed(seed, i)`.
+
+Settings. Each strategy declares `settings_class`, a frozen dataclass (a `StrategySettings`
+subclass) whose fields, with type hints and defaults, are its options, validated in
+`__post_init__` (``"{name}={value!r} is out of range; accepted: ..."``). The constructor takes the
+same keywords and builds `strategy.settings` from them; only runtime objects stay constructor
+arguments (`progress`, a callback). One mechanism reads and changes them:
+- `strategy.x` reads `strategy.settings.x` (strategy code reads its settings this way too), except
+  where a strategy builds a runtime object from a setting that names one (BestOfN's `step_scorer`,
+  BeamSearch's `scorer`, RAIN's `evaluator`): that attribute is the built object, and
+  `settings.<name>` keeps what was given.
+- `strategy.x = v` replaces `settings` by the validated copy `strategy.revise(x=v)`.
+`decodesearch.options` derives the CLI flags, `--opt` and lm-eval's model args from the fields, and
+results headers record `settings.as_config()`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
+import functools
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, ClassVar, Iterator, Sequence
 
 from decodesearch.engine import Branch, Engine, Sampler, Stop, derive_seed
 from decodesearch.engine.scheduler import Finished, Job, Scheduler, SearchEngine
@@ -47,7 +62,7 @@ class SearchResult:
     `trace` is a list of events (`decodesearch.strategies.trace`: fork, trigger, rewind, score, answer,
     ...; each names its kind in `event`; `as_dict()` here writes each as its `as_dict()`). Token
     counts are per prompt; `tokens_forwarded` counts the tokens this search gave the engine to forward
-    (prefill, extend, decode: on `Engine` exactly what was forwarded for it; a `ReencodeEngine`'s
+    (prefill, extend, decode: on `Engine` exactly what was forwarded for it; a `Reencode` backend's
     re-encoding shows in its `engine.stats` only)."""
 
     prompt: str
@@ -95,31 +110,96 @@ def check_positive_int(name: str, value, minimum: int = 1) -> None:
         raise ValueError(f"{name}={value!r} is out of range; accepted: an int >= {minimum}")
 
 
+def check_choice(name: str, value, allowed: Sequence[str]) -> None:
+    if not isinstance(value, str) or value not in allowed:
+        raise ValueError(f"{name}={value!r} is not accepted; choose one of {', '.join(allowed)}")
+
+
+@functools.cache
+def _field_names(cls: type) -> frozenset[str]:
+    return frozenset(f.name for f in dataclasses.fields(cls))
+
+
+def _jsonable(value: Any) -> Any:
+    """`value` as JSON values: dataclasses as dicts, sequences and sets as lists, other objects
+    (callables, scorer objects) by their qualified name."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (set, frozenset)):
+        return sorted(_jsonable(v) for v in value)
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    named = value if hasattr(value, "__qualname__") else type(value)
+    return f"{named.__module__}.{named.__qualname__}"
+
+
+@dataclass(frozen=True)
+class StrategySettings:
+    """What every strategy is given: `max_tokens` bounds the new tokens of each sample; `sampler`,
+    `prompt_format` and `stop` (None: the field's default, which a strategy's settings may change),
+    and the root `seed` (None: the engine's). Subclasses add fields and extend `__post_init__`."""
+
+    max_tokens: int = 512
+    sampler: Sampler | None = Sampler(temperature=0.7, top_p=0.95)
+    prompt_format: PromptFormat | None = PromptFormat()
+    stop: Stop | None = Stop()
+    seed: int | None = None
+
+    def __post_init__(self):
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for name, kind in (("sampler", Sampler), ("prompt_format", PromptFormat), ("stop", Stop)):
+            value = getattr(self, name)
+            if value is None:
+                object.__setattr__(self, name, defaults[name])
+            elif not isinstance(value, kind):
+                raise ValueError(f"{name}={value!r} is not accepted; expected a {kind.__module__}.{kind.__name__}")
+        check_positive_int("max_tokens", self.max_tokens)
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
+            raise ValueError(f"seed={self.seed!r} is out of range; accepted: an int or None")
+
+    @classmethod
+    def names(cls) -> frozenset[str]:
+        """The field names."""
+        return _field_names(cls)
+
+    def as_config(self) -> dict[str, Any]:
+        """Every field as JSON values (the results header's ``settings``; objects by qualified name)."""
+        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+
 class Strategy:
-    """Base of all strategies. `max_tokens` bounds the new tokens of each sample."""
+    """Base of all strategies. `Strategy(progress=None, **settings)`: `settings` are the fields of
+    `settings_class` (see the module docstring); `progress(done, total)` is called as prompts finish."""
 
     name = "strategy"
+    settings_class: ClassVar[type[StrategySettings]] = StrategySettings
 
-    def __init__(
-        self,
-        *,
-        max_tokens: int = 512,
-        sampler: Sampler | None = None,
-        prompt_format: PromptFormat | None = None,
-        stop: Stop | None = None,
-        seed: int | None = None,
-        progress: Callable[[int, int], None] | None = None,
-    ):
-        check_positive_int("max_tokens", max_tokens)
-        self.max_tokens = max_tokens
-        self.sampler = sampler if sampler is not None else self.default_sampler()
-        self.prompt_format = prompt_format or PromptFormat()
-        self.stop = stop or Stop()
-        self.seed = seed
+    def __init__(self, *, progress: Callable[[int, int], None] | None = None, **settings):
+        unknown = sorted(set(settings) - self.settings_class.names())
+        if unknown:
+            raise TypeError(f"{type(self).__name__}() got unexpected keyword argument(s) {', '.join(map(repr, unknown))}")
         self.progress = progress
+        self.settings = self.settings_class(**settings)
 
-    def default_sampler(self) -> Sampler:
-        return Sampler(temperature=0.7, top_p=0.95)
+    def __getattr__(self, name: str):
+        # Only called for names not found on the object: a setting reads through (`ids.n`).
+        settings = self.__dict__.get("settings")
+        if settings is not None and name in settings.names():
+            return getattr(settings, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in self.settings_class.names():
+            name, value = "settings", self.revise(**{name: value})
+        object.__setattr__(self, name, value)
+
+    def revise(self, **changes) -> StrategySettings:
+        """This strategy's settings with `changes`, validated (what `strategy.x = v` installs)."""
+        return replace(self.settings, **changes)
 
     def forced_texts(self) -> tuple[str, ...]:
         """Texts this strategy teacher-forces into a sample (triggers, cues). They are not the

@@ -17,12 +17,15 @@ offline `self_judge`; pass "logprob", "prm:<path>" or a scorer object.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from decodesearch.engine import Branch, Sampler, Stop, StopReason
 from decodesearch.engine.scheduler import SearchEngine
 from decodesearch.scoring.answers import extract_answer
 from decodesearch.scoring.step_scorers import AGGREGATES, DEFAULT_DELIMITER, aggregate, make_step_scorer
-from decodesearch.strategies.base import Sample, SearchResult, Strategy, check_positive_int, model_text
+from decodesearch.strategies.base import (
+    Sample, SearchResult, Strategy, StrategySettings, check_choice, check_positive_int, model_text,
+)
 from decodesearch.strategies.independent_samples import best_scored, weighted_vote
 from decodesearch.strategies.trace import ChooseEvent, Event, ForkEvent, StepEvent
 
@@ -45,29 +48,48 @@ class Beam:
         return Beam(branch, list(self.steps), [list(x) for x in self.logprobs], self.group, self.tokens, self.score)
 
 
-class BeamSearch(Strategy):
-    name = "beam_search"
+@dataclass(frozen=True)
+class BeamSearchSettings(StrategySettings):
+    """See the module docstring. `scorer`: a step scorer spec (text) or object."""
 
-    def __init__(self, n: int = 8, beam_width: int = 4, delimiter: str = DEFAULT_DELIMITER, scorer="self_judge",
-                 aggregate: str = "last", max_steps: int = 40, final: str = "best", max_tokens: int = 1024,
-                 **kwargs):
-        check_positive_int("n", n)
-        check_positive_int("beam_width", beam_width)
-        check_positive_int("max_steps", max_steps)
-        if n % beam_width:
-            raise ValueError(f"n={n} is out of range; accepted: a multiple of beam_width ({beam_width})")
-        if not isinstance(delimiter, str) or not delimiter:
+    max_tokens: int = 1024
+    sampler: Sampler | None = Sampler(temperature=0.8)
+    n: int = 8
+    beam_width: int = 4
+    delimiter: str = DEFAULT_DELIMITER
+    scorer: Any = "self_judge"
+    aggregate: str = "last"
+    max_steps: int = 40
+    final: str = "best"
+
+    def __post_init__(self):
+        check_positive_int("n", self.n)
+        check_positive_int("beam_width", self.beam_width)
+        check_positive_int("max_steps", self.max_steps)
+        if self.n % self.beam_width:
+            raise ValueError(f"n={self.n} is out of range; accepted: a multiple of beam_width ({self.beam_width})")
+        if not isinstance(self.delimiter, str) or not self.delimiter:
             raise ValueError("delimiter must be a non-empty string")
-        for name, value, allowed in (("aggregate", aggregate, AGGREGATES), ("final", final, FINALS)):
-            if value not in allowed:
-                raise ValueError(f"{name}={value!r} is not accepted; choose one of {', '.join(allowed)}")
-        super().__init__(max_tokens=max_tokens, **kwargs)
-        self.n, self.beam_width, self.delimiter = n, beam_width, delimiter
-        self.scorer = make_step_scorer(scorer, delimiter)
-        self.aggregate, self.max_steps, self.final = aggregate, max_steps, final
+        check_choice("aggregate", self.aggregate, AGGREGATES)
+        check_choice("final", self.final, FINALS)
+        super().__post_init__()
 
-    def default_sampler(self) -> Sampler:
-        return Sampler(temperature=0.8)
+
+class BeamSearch(Strategy):
+    """Step-level beam search (see the module docstring); options: `BeamSearchSettings`. The
+    `scorer` attribute is the step scorer built from `settings.scorer`."""
+
+    name = "beam_search"
+    settings_class = BeamSearchSettings
+
+    def __init__(self, **options):
+        super().__init__(**options)
+        self._scorer = make_step_scorer(self.settings.scorer, self.delimiter)
+
+    @property
+    def scorer(self):
+        """The step scorer built from `settings.scorer`."""
+        return self._scorer
 
     def peak_rows(self, max_rows: int) -> int:
         return self.n + 1 + int(getattr(self.scorer, "rows_needed", 0))

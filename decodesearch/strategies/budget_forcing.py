@@ -15,49 +15,57 @@ gets no answer), and nothing raises.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from decodesearch.engine import GREEDY, Branch, Sampler, Stop, StopReason
 from decodesearch.engine.scheduler import SearchEngine
 from decodesearch.scoring.answers import extract_answer
-from decodesearch.strategies.base import SearchResult, Strategy, check_positive_int, make_sample, model_text
+from decodesearch.strategies.base import (
+    SearchResult, Strategy, StrategySettings, check_positive_int, make_sample, model_text,
+)
 from decodesearch.strategies.trace import (
     AnswerCueEvent, AnswerEvent, ContextEvent, Event, RewindEvent, ThinkEvent, TriggerEvent,
 )
 
 
-class BudgetForcing(Strategy):
-    name = "budget_forcing"
+@dataclass(frozen=True)
+class BudgetForcingSettings(StrategySettings):
+    """See the module docstring; `max_tokens=None` becomes `max_thinking_tokens + max_answer_tokens`."""
 
-    def __init__(
-        self,
-        min_thinking_tokens: int = 0,
-        max_thinking_tokens: int = 512,
-        ignore: str = "\n\nWait",
-        num_ignore: int = 1,
-        end_of_thinking: str = "Final Answer",
-        answer_cue: str = "\n\nFinal Answer: \\boxed{",
-        max_answer_tokens: int = 32,
-        **kwargs,
-    ):
-        check_positive_int("max_thinking_tokens", max_thinking_tokens)
-        check_positive_int("max_answer_tokens", max_answer_tokens)
-        check_positive_int("min_thinking_tokens", min_thinking_tokens, minimum=0)
-        check_positive_int("num_ignore", num_ignore, minimum=0)
-        if min_thinking_tokens > max_thinking_tokens:
+    max_tokens: int | None = None
+    sampler: Sampler | None = GREEDY
+    min_thinking_tokens: int = 0
+    max_thinking_tokens: int = 512
+    ignore: str = "\n\nWait"
+    num_ignore: int = 1
+    end_of_thinking: str = "Final Answer"
+    answer_cue: str = "\n\nFinal Answer: \\boxed{"
+    max_answer_tokens: int = 32
+
+    def __post_init__(self):
+        check_positive_int("max_thinking_tokens", self.max_thinking_tokens)
+        check_positive_int("max_answer_tokens", self.max_answer_tokens)
+        check_positive_int("min_thinking_tokens", self.min_thinking_tokens, minimum=0)
+        check_positive_int("num_ignore", self.num_ignore, minimum=0)
+        if self.min_thinking_tokens > self.max_thinking_tokens:
             raise ValueError(
-                f"min_thinking_tokens={min_thinking_tokens} is out of range; accepted: 0..max_thinking_tokens "
-                f"({max_thinking_tokens})"
+                f"min_thinking_tokens={self.min_thinking_tokens} is out of range; accepted: 0..max_thinking_tokens "
+                f"({self.max_thinking_tokens})"
             )
-        for name, value in (("ignore", ignore), ("end_of_thinking", end_of_thinking), ("answer_cue", answer_cue)):
+        for name in ("ignore", "end_of_thinking", "answer_cue"):
+            value = getattr(self, name)
             if not isinstance(value, str) or not value:
                 raise ValueError(f"{name} must be a non-empty string")
-        kwargs.setdefault("max_tokens", max_thinking_tokens + max_answer_tokens)
-        super().__init__(**kwargs)
-        self.min_thinking_tokens, self.max_thinking_tokens = min_thinking_tokens, max_thinking_tokens
-        self.ignore, self.num_ignore = ignore, num_ignore
-        self.end_of_thinking, self.answer_cue, self.max_answer_tokens = end_of_thinking, answer_cue, max_answer_tokens
+        if self.max_tokens is None:
+            object.__setattr__(self, "max_tokens", self.max_thinking_tokens + self.max_answer_tokens)
+        super().__post_init__()
 
-    def default_sampler(self) -> Sampler:
-        return GREEDY
+
+class BudgetForcing(Strategy):
+    """s1 budget forcing (see the module docstring); options: `BudgetForcingSettings`."""
+
+    name = "budget_forcing"
+    settings_class = BudgetForcingSettings
 
     def forced_texts(self) -> tuple[str, ...]:
         return (self.ignore, self.answer_cue)

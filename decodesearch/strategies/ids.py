@@ -65,13 +65,16 @@ Defaults, and why (the paper's exact values could not be read here):
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from decodesearch.engine import Branch, Stop, StopReason
 from decodesearch.engine.scheduler import SearchEngine
 from decodesearch.scoring.answers import extract_answer
 from decodesearch.strategies.budget_forcing import BudgetForcing
-from decodesearch.strategies.base import SearchResult, Strategy, check_positive_int, make_sample, model_text
+from decodesearch.strategies.base import (
+    SearchResult, Strategy, StrategySettings, check_positive_int, make_sample, model_text,
+)
 from decodesearch.strategies.independent_samples import best_of, vote
 from decodesearch.strategies.trace import AnswerEvent, ChooseEvent, Event, ForkEvent, ThinkEndEvent, TriggerEvent
 
@@ -140,30 +143,29 @@ def segment_boundaries(b0: int, gamma: float, max_tokens: int) -> list[int]:
         i += 1
 
 
-class IDS(Strategy):
-    name = "ids"
+@dataclass(frozen=True)
+class IDSSettings(StrategySettings):
+    """See the module docstring. `b0=None` becomes min(128, max(1, max_tokens // 4)); a
+    `trigger_preset` sets `triggers`. Every bad option is reported, in one error, one clause each
+    (so a bad `policy` is never reported as a `b0` problem)."""
 
-    def __init__(
-        self,
-        n: int = 4,
-        b0: int | None = None,
-        gamma: float = 2.0,
-        max_tokens: int = 1024,
-        triggers: Sequence[str] = DEFAULT_TRIGGERS,
-        trigger_preset: str | None = None,
-        trigger_order: str = "cycle",
-        schedule: str = "budget",
-        align: str = "none",
-        align_max_tokens: int = 32,
-        count_triggers: bool = False,
-        policy: str = "accept",
-        aggregate: str = "majority",
-        scorer: Callable[[str], float] | None = None,
-        think: str = "auto",
-        **kwargs,
-    ):
-        # Each option is checked on its own and every bad one is reported (one error, one line each),
-        # so a bad `policy` is never reported as a `b0` problem.
+    max_tokens: int = 1024
+    n: int = 4
+    b0: int | None = None
+    gamma: float = 2.0
+    triggers: Sequence[str] = DEFAULT_TRIGGERS
+    trigger_preset: str | None = None
+    trigger_order: str = "cycle"
+    schedule: str = "budget"
+    align: str = "none"
+    align_max_tokens: int = 32
+    count_triggers: bool = False
+    policy: str = "accept"
+    aggregate: str = "majority"
+    scorer: Callable[[str], float] | None = None
+    think: str = "auto"
+
+    def __post_init__(self):
         problems: list[str] = []
 
         def check(fn, *args, **kw):
@@ -172,19 +174,15 @@ class IDS(Strategy):
             except ValueError as exc:
                 problems.append(str(exc))
 
-        for name, value, allowed in (
-            ("trigger_order", trigger_order, TRIGGER_ORDERS),
-            ("policy", policy, POLICIES),
-            ("aggregate", aggregate, AGGREGATES),
-            ("schedule", schedule, SCHEDULES),
-            ("align", align, ALIGNS),
-            ("think", think, THINKS),
-        ):
+        for name, allowed in (("trigger_order", TRIGGER_ORDERS), ("policy", POLICIES), ("aggregate", AGGREGATES),
+                              ("schedule", SCHEDULES), ("align", ALIGNS), ("think", THINKS)):
+            value = getattr(self, name)
             if not isinstance(value, str) or value not in allowed:
                 problems.append(f"{name}={value!r} is not accepted; choose one of {', '.join(allowed)}")
-        check(check_positive_int, "n", n)
-        check(check_positive_int, "max_tokens", max_tokens)
-        check(check_positive_int, "align_max_tokens", align_max_tokens)
+        check(check_positive_int, "n", self.n)
+        check(check_positive_int, "max_tokens", self.max_tokens)
+        check(check_positive_int, "align_max_tokens", self.align_max_tokens)
+        max_tokens, b0, gamma, triggers = self.max_tokens, self.b0, self.gamma, self.triggers
         max_ok = isinstance(max_tokens, int) and not isinstance(max_tokens, bool) and max_tokens >= 1
         if b0 is None:
             b0 = min(128, max(1, max_tokens // 4)) if max_ok else 1
@@ -194,27 +192,45 @@ class IDS(Strategy):
                 problems.append(f"b0={b0} is out of range; accepted: 1..max_tokens ({max_tokens})")
         if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not gamma > 1:
             problems.append(f"gamma={gamma!r} is out of range; accepted: a number > 1")
-        if trigger_preset is not None:
-            if trigger_preset not in TRIGGER_PRESETS:
-                problems.append(f"trigger_preset={trigger_preset!r} is not accepted; choose one of "
-                                f"{', '.join(TRIGGER_PRESETS)}")
-            elif triggers is not DEFAULT_TRIGGERS:
+        preset = self.trigger_preset
+        if preset is not None:
+            if preset not in TRIGGER_PRESETS:
+                problems.append(f"trigger_preset={preset!r} is not accepted; choose one of {', '.join(TRIGGER_PRESETS)}")
+            elif triggers is not DEFAULT_TRIGGERS and tuple(triggers) != TRIGGER_PRESETS[preset]:
                 problems.append("give triggers or trigger_preset, not both")
             else:
-                triggers = TRIGGER_PRESETS[trigger_preset]
+                triggers = TRIGGER_PRESETS[preset]
         if isinstance(triggers, str) or not triggers or not all(isinstance(t, str) and t for t in triggers):
             problems.append("triggers must be a non-empty list of non-empty strings")
         if problems:
             raise ValueError("; ".join(problems))
-        super().__init__(max_tokens=max_tokens, **kwargs)
-        self.n, self.b0, self.gamma = n, b0, float(gamma)
-        self.triggers = list(triggers)
-        self.trigger_order, self.policy, self.aggregate, self.scorer = trigger_order, policy, aggregate, scorer
-        self.schedule, self.align, self.align_max_tokens = schedule, align, align_max_tokens
-        self.count_triggers = bool(count_triggers)
-        self.think = think
-        make = budget_boundaries if schedule == "budget" else segment_boundaries
-        self.boundaries = make(b0, self.gamma, max_tokens)
+        put = object.__setattr__
+        put(self, "b0", b0)
+        put(self, "gamma", float(gamma))
+        put(self, "triggers", list(triggers))
+        put(self, "count_triggers", bool(self.count_triggers))
+        super().__post_init__()
+
+
+class IDS(Strategy):
+    """Iterative deepening sampling (see the module docstring); options: `IDSSettings`.
+    `boundaries` (the sampled-token counts where triggers go in) follows the settings."""
+
+    name = "ids"
+    settings_class = IDSSettings
+
+    def __setattr__(self, name: str, value) -> None:
+        super().__setattr__(name, value)
+        if name in IDSSettings.names() or name == "settings":
+            s = self.settings
+            make = budget_boundaries if s.schedule == "budget" else segment_boundaries
+            object.__setattr__(self, "boundaries", make(s.b0, s.gamma, s.max_tokens))
+
+    def revise(self, **changes) -> IDSSettings:
+        """As `Strategy.revise`; a `max_tokens` lowered below `b0` lowers `b0` with it."""
+        if "max_tokens" in changes and "b0" not in changes and isinstance(changes["max_tokens"], int):
+            changes["b0"] = max(1, min(self.settings.b0, changes["max_tokens"]))
+        return super().revise(**changes)
 
     def forced_texts(self) -> tuple[str, ...]:
         return tuple(self.triggers)

@@ -5,15 +5,18 @@ All n samples fork from ONE prefill of the prompt and decode together in one bat
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
-from decodesearch.engine import GREEDY, Branch
+from decodesearch.engine import GREEDY, Branch, Sampler
 from decodesearch.engine.scheduler import SearchEngine
 from decodesearch.scoring.answers import normalize_answer
 from decodesearch.scoring.metrics import vote_index
 from decodesearch.scoring.step_scorers import AGGREGATES, DEFAULT_DELIMITER, make_step_scorer, split_steps
 from decodesearch.scoring.step_scorers import aggregate as aggregate_scores
-from decodesearch.strategies.base import Sample, SearchResult, Strategy, check_positive_int, make_sample
+from decodesearch.strategies.base import (
+    Sample, SearchResult, Strategy, StrategySettings, check_choice, check_positive_int, make_sample,
+)
 from decodesearch.strategies.trace import AnswerEvent, ChooseEvent, Event, ForkEvent, ScoreEvent
 
 
@@ -56,15 +59,22 @@ def vote(samples: list[Sample]) -> int:
     return 0 if i is None else i
 
 
+@dataclass(frozen=True)
+class SamplingSettings(StrategySettings):
+    """`n` samples per prompt."""
+
+    n: int = 4
+
+    def __post_init__(self):
+        check_positive_int("n", self.n)
+        super().__post_init__()
+
+
 class Sampling(Strategy):
     """`n` independent samples; the result is the first one."""
 
     name = "sampling"
-
-    def __init__(self, n: int = 4, **kwargs):
-        check_positive_int("n", n)
-        super().__init__(**kwargs)
-        self.n = n
+    settings_class = SamplingSettings
 
     def peak_rows(self, max_rows: int) -> int:
         return self.n + 1
@@ -88,14 +98,24 @@ class Sampling(Strategy):
         return self.result(prompt, samples[chosen], samples, trace)
 
 
+@dataclass(frozen=True)
+class GreedySettings(SamplingSettings):
+    """One greedy continuation: `n` is 1, the sampler greedy."""
+
+    n: int = 1
+    sampler: Sampler | None = GREEDY
+
+    def __post_init__(self):
+        if self.n != 1:
+            raise ValueError(f"n={self.n!r} is out of range; accepted: 1 (greedy decodes one continuation)")
+        super().__post_init__()
+
+
 class Greedy(Sampling):
     """One greedy continuation."""
 
     name = "greedy"
-
-    def __init__(self, **kwargs):
-        kwargs.setdefault("sampler", GREEDY)
-        super().__init__(n=1, **kwargs)
+    settings_class = GreedySettings
 
 
 class SelfConsistency(Sampling):
@@ -107,30 +127,49 @@ class SelfConsistency(Sampling):
         return vote(samples)
 
 
+@dataclass(frozen=True)
+class BestOfNSettings(SamplingSettings):
+    """See `BestOfN`."""
+
+    scorer: Callable[[str], float] | None = None
+    step_scorer: str | None = None
+    aggregate: str = "last"
+    weighted: bool = False
+    delimiter: str = DEFAULT_DELIMITER
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.scorer is not None and not callable(self.scorer):
+            raise ValueError(f"scorer={self.scorer!r} must be a callable text -> float, or None")
+        if self.scorer is not None and self.step_scorer is not None:
+            raise ValueError("give scorer or step_scorer, not both")
+        check_choice("aggregate", self.aggregate, AGGREGATES)
+        object.__setattr__(self, "weighted", bool(self.weighted))
+
+
 class BestOfN(Sampling):
     """`n` samples; the one with the highest score wins (ties: the earliest).
 
     `scorer` is any `text -> float` callable (a verifier, a reward model, a `SelfJudge`); None
     scores by `mean_logprob`, the model's own confidence. Or a `step_scorer` (a spec or object, see
-    `decodesearch.scoring.step_scorers`) scores each step (split at `delimiter`), aggregated by
-    `aggregate`; with `weighted=True` the answer with the largest sum of scores wins (weighted
-    best-of-N, as in search-and-learn) and its best-scored sample is returned.
+    `decodesearch.scoring.step_scorers`; `best_of_n.step_scorer` is the scorer built from it) scores
+    each step (split at `delimiter`), aggregated by `aggregate`; with `weighted=True` the answer with
+    the largest sum of scores wins (weighted best-of-N, as in search-and-learn) and its best-scored
+    sample is returned.
     """
 
     name = "best_of_n"
+    settings_class = BestOfNSettings
 
-    def __init__(self, n: int = 4, scorer: Callable | None = None, step_scorer: str | None = None,
-                 aggregate: str = "last", weighted: bool = False, delimiter: str = DEFAULT_DELIMITER, **kwargs):
-        super().__init__(n=n, **kwargs)
-        if scorer is not None and not callable(scorer):
-            raise ValueError(f"scorer={scorer!r} must be a callable text -> float, or None")
-        if scorer is not None and step_scorer is not None:
-            raise ValueError("give scorer or step_scorer, not both")
-        if aggregate not in AGGREGATES:
-            raise ValueError(f"aggregate={aggregate!r} is not accepted; choose one of {', '.join(AGGREGATES)}")
-        self.scorer = scorer
-        self.step_scorer = None if step_scorer is None else make_step_scorer(step_scorer, delimiter)
-        self.aggregate, self.weighted, self.delimiter = aggregate, bool(weighted), delimiter
+    def __init__(self, **options):
+        super().__init__(**options)
+        spec = self.settings.step_scorer
+        self._step_scorer = None if spec is None else make_step_scorer(spec, self.delimiter)
+
+    @property
+    def step_scorer(self):
+        """The step scorer built from `settings.step_scorer`, or None."""
+        return self._step_scorer
 
     def peak_rows(self, max_rows: int) -> int:
         return self.n + 1 + int(getattr(self.step_scorer, "rows_needed", 0))
@@ -153,5 +192,5 @@ class BestOfN(Sampling):
         return weighted_vote(samples) if self.weighted else best_scored(samples)
 
 
-__all__ = ["BestOfN", "Greedy", "Sampling", "SelfConsistency", "best_of", "best_scored", "mean_logprob", "vote",
-           "weighted_vote"]
+__all__ = ["BestOfN", "BestOfNSettings", "Greedy", "GreedySettings", "Sampling", "SamplingSettings", "SelfConsistency",
+           "best_of", "best_scored", "mean_logprob", "vote", "weighted_vote"]

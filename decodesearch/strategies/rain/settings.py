@@ -1,8 +1,10 @@
 """RAIN's settings: one frozen dataclass, validated once when it is built, and the presets.
 
-`RainSettings` holds every knob the search reads (the paper's constants with the official code's
-defaults, plus the strategy's `max_tokens`, expansion `sampler`, `stop` rule and the judged text's
-`context_format`). The search objects receive it and read nothing back from the strategy.
+`RainSettings` (a `StrategySettings`) holds every option of `RAIN`: the paper's constants with the
+official code's defaults, the strategy's `max_tokens`, expansion `sampler` and `stop` rule, the
+`preset`, the `evaluator` and `embedder` specs, and the judged text's `context_format` (None: the
+evaluator's own; `RAIN` resolves it, and `DEFAULT_CONTEXT_FORMAT` without a strategy). The search
+objects receive it and read nothing back from the strategy.
 
 Presets (`PRESETS`, `RAIN(preset=...)`) bundle the settings of the official code's three variants
 (SafeAILab/RAIN: ``HH/``, ``truth/``, ``adv/``); options given explicitly override a preset:
@@ -21,11 +23,13 @@ Presets (`PRESETS`, `RAIN(preset=...)`) bundle the settings of the official code
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
-from decodesearch.engine import Sampler, Stop
+from decodesearch.engine import Sampler
+from decodesearch.scoring.embeddings import EMBEDDERS
 from decodesearch.scoring.judge import DEFAULT_CONTEXT_FORMAT
+from decodesearch.strategies.base import PromptFormat, StrategySettings, check_positive_int
 
 __all__ = ["RainSettings", "PRESETS", "DEFAULT_BOUNDARIES", "preset_options"]
 
@@ -37,16 +41,17 @@ def _check_range(name: str, value, lo: float, hi: float) -> None:
         raise ValueError(f"{name}={value!r} is out of range; accepted: [{lo}, {hi}]")
 
 
-def _check_int(name: str, value, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name}={value!r} is out of range; accepted: an int >= {minimum}")
-
-
 @dataclass(frozen=True)
-class RainSettings:
+class RainSettings(StrategySettings):
     """Every knob of one RAIN search (see `RAIN` for what each means). Validated in `__post_init__`:
     a bad value raises ValueError naming it and what is accepted."""
 
+    max_tokens: int = 256
+    sampler: Sampler | None = Sampler(temperature=1.0, top_k=15)
+    prompt_format: PromptFormat | None = PromptFormat(instruction=None)
+    preset: str | None = None
+    evaluator: Any = "harmless"
+    embedder: Any = "auto"
     num_candidates: int = 10
     set_lengths: tuple[int, ...] = (1, 2, 4, 10)
     c_puct: float = 2.0
@@ -69,13 +74,16 @@ class RainSettings:
     max_cached_branches: int = 32
     trace_searches: bool = False
     clamp_greedy_prior: bool = True
-    max_tokens: int = 256
-    sampler: Sampler = field(default_factory=lambda: Sampler(temperature=1.0, top_k=15))
-    stop: Stop = field(default_factory=Stop)
-    context_format: str = DEFAULT_CONTEXT_FORMAT
+    context_format: str | None = None
 
     def __post_init__(self):
-        _check_int("num_candidates", self.num_candidates)
+        preset_options(self.preset)
+        embedder = self.embedder
+        known = isinstance(embedder, str) and embedder in EMBEDDERS
+        if not (embedder is None or known or (not isinstance(embedder, str) and hasattr(embedder, "embed"))):
+            raise ValueError(f"embedder={embedder!r}; accepted: one of {EMBEDDERS}, None, "
+                             "or an object with .embed(texts)")
+        check_positive_int("num_candidates", self.num_candidates)
         sl = self.set_lengths
         if isinstance(sl, (str, bytes)) or not sl or any(isinstance(x, bool) or not isinstance(x, int) or x < 1
                                                           for x in sl):
@@ -93,27 +101,26 @@ class RainSettings:
         _check_range("similarity_weight", self.similarity_weight, 0.0, 1.0)
         _check_range("add_variance_factor", self.add_variance_factor, 0.0, math.inf)
         _check_range("add_value_threshold", self.add_value_threshold, -1.0, 1.0)
-        _check_int("max_children", self.max_children)
-        _check_int("min_visits", self.min_visits, minimum=0)
+        check_positive_int("max_children", self.max_children)
+        check_positive_int("min_visits", self.min_visits, minimum=0)
         _check_range("value_threshold", self.value_threshold, -1.0, 1.0)
-        _check_int("max_visits", self.max_visits)
-        _check_int("min_new_searches", self.min_new_searches)
+        check_positive_int("max_visits", self.max_visits)
+        check_positive_int("min_new_searches", self.min_new_searches)
         if self.rollout_max_tokens is not None:
-            _check_int("rollout_max_tokens", self.rollout_max_tokens, minimum=0)
-        _check_int("max_cached_branches", self.max_cached_branches)
-        _check_int("max_tokens", self.max_tokens)
+            check_positive_int("rollout_max_tokens", self.rollout_max_tokens, minimum=0)
+        check_positive_int("max_cached_branches", self.max_cached_branches)
         b = self.boundaries
         if isinstance(b, str) or not b or any(not isinstance(x, str) or not x for x in b):
             raise ValueError(f"boundaries={b!r}; accepted: a non-empty sequence of non-empty strings")
         if self.judge_cut is not None and not (isinstance(self.judge_cut, str) and self.judge_cut):
             raise ValueError(f"judge_cut={self.judge_cut!r}; accepted: None or a non-empty string (e.g. '.')")
-        for name in ("sampler", "rollout_sampler"):
-            if not isinstance(getattr(self, name), Sampler):
-                raise ValueError(f"{name}={getattr(self, name)!r}; accepted: a decodesearch.engine.Sampler")
-        if not isinstance(self.stop, Stop):
-            raise ValueError(f"stop={self.stop!r}; accepted: a decodesearch.engine.Stop")
+        if not isinstance(self.rollout_sampler, Sampler):
+            raise ValueError(f"rollout_sampler={self.rollout_sampler!r}; accepted: a decodesearch.engine.Sampler")
+        if self.context_format is None:
+            object.__setattr__(self, "context_format", DEFAULT_CONTEXT_FORMAT)
         if not isinstance(self.context_format, str) or "{response}" not in self.context_format:
             raise ValueError("context_format must contain a {response} slot (and usually {prompt})")
+        super().__post_init__()
         # Normalised once (lists become tuples, ints floats), so the search reads plain values.
         put = object.__setattr__
         put(self, "set_lengths", tuple(sl))
@@ -125,13 +132,8 @@ class RainSettings:
         for name in ("rollout_to_end", "trace_searches", "clamp_greedy_prior"):
             put(self, name, bool(getattr(self, name)))
 
-    @classmethod
-    def names(cls) -> tuple[str, ...]:
-        return tuple(f.name for f in fields(cls))
 
-
-# What each preset sets (see the module docstring). `evaluator` and `sampler` are read by `RAIN`;
-# the rest are `RainSettings` fields.
+# What each preset sets (see the module docstring): `RainSettings` fields.
 PRESETS: dict[str, dict[str, Any]] = {
     "hh": {"evaluator": "hh", "min_visits": 6},
     "truthful": {"evaluator": "truthful_yes_no", "min_visits": 16, "rollout_to_end": True,

@@ -3,18 +3,16 @@ accounting for the scheduler, and the outer loop (search, commit, repeat) with i
 
 from __future__ import annotations
 
-import inspect
-from dataclasses import MISSING, fields, replace
 from typing import Any, Callable
 
 import torch
 
-from decodesearch.engine import Branch, Engine, Sampler, Stop
+from decodesearch.engine import Branch, Engine
 from decodesearch.engine.scheduler import SearchEngine
 from decodesearch.scoring.answers import extract_answer
-from decodesearch.scoring.embeddings import EMBEDDERS, make_embedder
+from decodesearch.scoring.embeddings import make_embedder
 from decodesearch.scoring.judge import DEFAULT_CONTEXT_FORMAT, as_evaluator
-from decodesearch.strategies.base import PromptFormat, Sample, SearchResult, Strategy
+from decodesearch.strategies.base import Sample, SearchResult, Strategy
 from decodesearch.strategies.trace import CommitEvent, DoneEvent, EngineStatsEvent, Event
 
 from .search import RainSearch, judge_rows
@@ -22,13 +20,12 @@ from .settings import RainSettings, preset_options
 
 __all__ = ["RAIN"]
 
-_UNSET: Any = object()
-
 
 class RAIN(Strategy):
     """RAIN search (see `decodesearch.strategies.rain`). Every constant of the paper is a knob with
-    the paper's (official code's) default; all of them but the evaluator and embedder form one
-    frozen `RainSettings` (``self.settings``, also readable as attributes: ``rain.max_visits``):
+    the paper's (official code's) default; they form one frozen `RainSettings` (``self.settings``,
+    read as attributes too: ``rain.max_visits``; ``rain.evaluator`` is the evaluator built from
+    ``settings.evaluator``):
 
     - `num_candidates` K = 10 children per expansion; `set_lengths` (1, 2, 4, 10) token-set lengths
       by depth; `sampler` the expansion distribution (top-15, T = 1), its greedy token set first;
@@ -56,66 +53,22 @@ class RAIN(Strategy):
     """
 
     name = "rain"
+    settings_class = RainSettings
 
-    def __init__(
-        self,
-        *,
-        preset: str | None = None,
-        evaluator: Any = _UNSET,
-        embedder: Any = "auto",
-        context_format: str | None = None,
-        sampler: Sampler | None = None,
-        max_tokens: int = 256,
-        prompt_format: PromptFormat | None = None,
-        stop: Stop | None = None,
-        seed: int | None = None,
-        progress: Callable[[int, int], None] | None = None,
-        **options,
-    ):
-        values = preset_options(preset)
-        preset_evaluator = values.pop("evaluator", "harmless")
-        preset_sampler = values.pop("sampler", None)
-        unknown = sorted(set(options) - set(RainSettings.names()))
-        if unknown:
-            raise TypeError(f"RAIN() got unexpected keyword argument(s) {', '.join(map(repr, unknown))}")
-        values.update(options)
-        super().__init__(max_tokens=max_tokens, sampler=sampler if sampler is not None else preset_sampler,
-                         prompt_format=prompt_format or PromptFormat(instruction=None), stop=stop, seed=seed,
-                         progress=progress)
-        known = isinstance(embedder, str) and embedder in EMBEDDERS
-        if not (embedder is None or known or (not isinstance(embedder, str) and hasattr(embedder, "embed"))):
-            raise ValueError(f"embedder={embedder!r}; accepted: one of {EMBEDDERS}, None, "
-                             "or an object with .embed(texts)")
-        if context_format is not None and (not isinstance(context_format, str) or "{response}" not in context_format):
-            raise ValueError("context_format must contain a {response} slot (and usually {prompt})")
-        self.preset = preset
-        self.evaluator = as_evaluator(preset_evaluator if evaluator is _UNSET else evaluator, context_format)
-        resolved_format = context_format or getattr(self.evaluator, "context_format", DEFAULT_CONTEXT_FORMAT)
-        self._settings = RainSettings(**values, max_tokens=self.max_tokens, sampler=self.sampler, stop=self.stop,
-                                      context_format=resolved_format)
-        self.embedder_spec = embedder
+    def __init__(self, *, progress: Callable[[int, int], None] | None = None, **options):
+        if options.get("sampler") is None:
+            options.pop("sampler", None)  # None: the preset's sampler, else the default
+        super().__init__(progress=progress, **{**preset_options(options.get("preset")), **options})
+        given = options.get("context_format")
+        self._evaluator = as_evaluator(self.settings.evaluator, given)
+        if given is None:
+            self.context_format = getattr(self._evaluator, "context_format", DEFAULT_CONTEXT_FORMAT)
         self._embedders: dict[int, Any] = {}
 
     @property
-    def settings(self) -> RainSettings:
-        """The frozen settings every search of this strategy reads. `max_tokens`, `sampler` and
-        `stop` live on the `Strategy` base too; a copy whose base value was changed (e.g.
-        `integrations.hf.capped` lowering `max_tokens`) gets settings that follow it."""
-        s = self._settings
-        if (s.max_tokens, s.sampler, s.stop) != (self.max_tokens, self.sampler, self.stop):
-            s = self._settings = replace(s, max_tokens=self.max_tokens, sampler=self.sampler, stop=self.stop)
-        return s
-
-    def __getattr__(self, name: str):
-        # Read-only access to the settings as attributes (rain.max_visits); only called for names
-        # not found on the object itself.
-        settings = self.__dict__.get("_settings")
-        if settings is not None and not name.startswith("_") and name in RainSettings.names():
-            return getattr(self.settings, name)
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-
-    def default_sampler(self) -> Sampler:
-        return Sampler(temperature=1.0, top_k=15)
+    def evaluator(self):
+        """The evaluator built from `settings.evaluator` (a preset's, else ``"harmless"``)."""
+        return self._evaluator
 
     def prior_probs(self, logits: torch.Tensor) -> torch.Tensor:
         """The expansion distribution `[B, V]` whose probabilities make the priors (the sampler's
@@ -126,7 +79,7 @@ class RAIN(Strategy):
 
     def embedder_for(self, engine: Engine):
         """The resolved embedder for `engine`'s model (built once per model), or None."""
-        spec = self.embedder_spec
+        spec = self.embedder
         if spec is None or not isinstance(spec, str):
             return spec
         key = id(engine.model)
@@ -190,21 +143,3 @@ class RAIN(Strategy):
                         stop_reason=state.done)
         return self.result(prompt, sample, [sample], trace)
 
-
-def _public_signature() -> inspect.Signature:
-    """`RAIN(...)`'s signature as callers see it: the explicit parameters, then every `RainSettings`
-    knob with its default (lm-eval's ``model_args`` parser and ``help(RAIN)`` read it). The
-    evaluator shows its default without a preset, ``"harmless"``."""
-    own = [p for p in inspect.signature(RAIN.__init__).parameters.values() if p.kind is not p.VAR_KEYWORD]
-    own = [p.replace(default="harmless") if p.name == "evaluator" else p for p in own]
-    taken = {p.name for p in own}
-    extra = []
-    for f in fields(RainSettings):
-        if f.name in taken:
-            continue
-        default = f.default if f.default is not MISSING else f.default_factory()
-        extra.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=f.type))
-    return inspect.Signature(own + extra)
-
-
-RAIN.__init__.__signature__ = _public_signature()
