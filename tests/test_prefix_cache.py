@@ -121,3 +121,18 @@ def test_released_branch_kept_in_cache_serves_later_prefills_and_pins_hold(tiny_
         engine.unpin(SHARED[:40])
     assert len(engine.prefix_cache) == 1  # unpinned, the head counts against capacity again
     assert engine.live_branches == []
+
+
+def test_pinned_entries_hold_their_rows(tiny_llama):
+    """A pinned entry is not a free row (an unpinned one is): `free_rows` and `max_rows` count it."""
+    model, tok = tiny_llama
+    engine = Engine(model, tok, max_rows=3, prefix_cache_rows=2, prefix_min_tokens=8)
+    engine.release(engine.prefill(SHARED[:20]), cache=True, pin=True)
+    assert engine.live_branches == [] and engine.held_rows == 1 and engine.free_rows == 2
+    kids = engine.fork(engine.prefill(SHARED[:30]), 1)
+    with pytest.raises(CapacityError, match="max_rows=3"):
+        engine.fork(kids[0], 1)
+    engine.unpin(SHARED[:20])
+    assert engine.free_rows == 1
+    assert len(engine.fork(kids[0], 1)) == 1  # the unpinned entry gave its row way
+    assert all(e.tokens[:20] != SHARED[:20] or len(e.tokens) != 20 for e in engine.prefix_cache.entries)

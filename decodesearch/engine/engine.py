@@ -487,6 +487,12 @@ class Engine:
         """The callers' branches (prefix-cache rows not included)."""
         return [b for b in self._rows if b is not None and b not in self.prefix_cache]
 
+    @property
+    def held_rows(self) -> int:
+        """Rows no allocation can take: the live branches and the pinned prefix-cache entries."""
+        pc = self.prefix_cache
+        return len(self.live_branches) + sum(1 for e in pc.entries if pc.pins(e))
+
     def _occupied(self) -> list[Branch]:
         """Every branch holding a row, prefix-cache entries included, in row order."""
         return [b for b in self._rows if b is not None]
@@ -494,11 +500,11 @@ class Engine:
     @property
     def free_rows(self) -> int:
         """Rows that can still be allocated under `max_rows` and under `max_kv_bytes` (with the
-        columns the longest live branch needs)."""
+        columns the longest live branch needs): unpinned prefix-cache rows count as free."""
         limit = self.max_rows
         if self.max_kv_bytes is not None:
             limit = min(limit, self.max_kv_bytes // (self._min_cols() * self.cell_bytes))
-        return max(0, limit - len(self.live_branches))
+        return max(0, limit - self.held_rows)
 
     @property
     def kv_bytes(self) -> int:
@@ -540,9 +546,10 @@ class Engine:
     def _alloc_rows(self, n: int, keep: Sequence[Branch] = ()) -> list[int]:
         """`n` free rows (contiguous when possible), growing the store within the bounds; prefix-cache
         entries give way (least recently used first, never one in `keep`) when rows or bytes run short."""
-        live = len(self.live_branches)
-        if live + n > self.max_rows:
-            raise CapacityError(f"max_rows={self.max_rows} exceeded: {live} live branches + {n} requested")
+        held = self.held_rows
+        if held + n > self.max_rows:
+            raise CapacityError(f"max_rows={self.max_rows} exceeded: {held} rows held (live branches and pinned "
+                                f"prefix-cache entries) + {n} requested")
         while self.prefix_cache and not self._fits_rows(len(self._occupied()) + n):
             old = self.prefix_cache.evict(1, keep)
             if not old:

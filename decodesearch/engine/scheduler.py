@@ -261,7 +261,7 @@ class Scheduler:
         if engine.max_kv_bytes is None:
             return True
         cols = max([t.job.cols for t in tasks] + [job.cols, engine._min_cols()])
-        outside = len(engine.live_branches) - sum(t.ctx.rows - t.ctx.rows_left for t in tasks)
+        outside = engine.held_rows - sum(t.ctx.rows - t.ctx.rows_left for t in tasks)
         return (rows + outside) * cols * engine.cell_bytes \
             <= engine.max_kv_bytes
 
