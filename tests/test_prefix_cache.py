@@ -136,3 +136,18 @@ def test_pinned_entries_hold_their_rows(tiny_llama):
     assert engine.free_rows == 1
     assert len(engine.fork(kids[0], 1)) == 1  # the unpinned entry gave its row way
     assert all(e.tokens[:20] != SHARED[:20] or len(e.tokens) != 20 for e in engine.prefix_cache.entries)
+
+
+def test_an_entry_replaces_the_unpinned_entries_it_covers_and_remember_false_adds_none(tiny_llama):
+    cache = PrefixCache(capacity=4, min_tokens=2)
+    short, pinned, other = _Entry([1, 2, 3]), _Entry([1, 2]), _Entry([1, 9, 9])
+    cache.insert(short), cache.insert(pinned, pin=True), cache.insert(other)
+    longer = _Entry([1, 2, 3, 4])
+    assert cache.insert(longer) == [short]  # the pinned prefix and the diverging entry stay
+    assert cache.entries == [pinned, other, longer]
+    model, tok = tiny_llama
+    engine = Engine(model, tok, prefix_min_tokens=8)
+    engine.prefill(SHARED, remember=False)
+    assert len(engine.prefix_cache) == 0
+    engine.prefill(SHARED)
+    assert len(engine.prefix_cache) == 1

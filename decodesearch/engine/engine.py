@@ -211,15 +211,17 @@ class Engine:
     # ------------------------------------------------------------------ public operations
 
     @torch.no_grad()
-    def prefill(self, ids: Sequence[int], seed: int | None = None) -> Branch:
+    def prefill(self, ids: Sequence[int], seed: int | None = None, *, remember: bool = True) -> Branch:
         """A new root branch over `ids` (the prompt): one forward over what the prefix cache does not
-        hold (none when an entry holds all of `ids`)."""
-        return self.prefill_batch([ids], seeds=None if seed is None else [seed])[0]
+        hold (none when an entry holds all of `ids`). Then a copy of the prompt goes to the prefix
+        cache, unless `remember=False` (for a caller that hands the branch over itself later)."""
+        return self.prefill_batch([ids], seeds=None if seed is None else [seed], remember=remember)[0]
 
     @torch.no_grad()
-    def prefill_batch(self, prompts: Sequence[Sequence[int]], seeds: Sequence[int] | None = None) -> list[Branch]:
+    def prefill_batch(self, prompts: Sequence[Sequence[int]], seeds: Sequence[int] | None = None, *,
+                      remember: bool = True) -> list[Branch]:
         """New root branches, one per prompt, prefilled in one ragged forward (of what the prefix
-        cache does not hold)."""
+        cache does not hold); `remember` as for `prefill`."""
         out, rest = self._new_roots(prompts, seeds)
         todo = [i for i, x in enumerate(rest) if x]
         try:
@@ -229,8 +231,9 @@ class Engine:
             for b in out:
                 self._free(b)
             raise
-        for b in out:
-            self._remember_prompt(b)
+        if remember:
+            for b in out:
+                self._remember_prompt(b)
         return out
 
     def _new_roots(self, prompts: Sequence[Sequence[int]], seeds: Sequence[int] | None) -> tuple[list[Branch], list]:

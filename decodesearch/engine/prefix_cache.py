@@ -75,12 +75,18 @@ class PrefixCache:
         return next((b for b in self._entries.values() if common_prefix(b.tokens, ids) == len(ids)), None)
 
     def insert(self, branch, pin: bool = False) -> list:
-        """Add `branch` as the most recent entry (pinned once with `pin`). Returns the entries evicted
-        to keep the unpinned ones within `capacity` (the engine frees their rows)."""
+        """Add `branch` as the most recent entry (pinned once with `pin`). Unpinned entries whose
+        tokens are a prefix of its tokens go (it serves every prefix they serve). Returns the entries
+        removed, with those evicted to keep the unpinned ones within `capacity` (the engine frees
+        their rows)."""
+        n = len(branch.tokens)
+        covered = [k for k, b in self._entries.items()
+                   if k not in self._pins and len(b.tokens) <= n and branch.tokens[: len(b.tokens)] == b.tokens]
+        out = [self._entries.pop(k) for k in covered]
         self._entries[id(branch)] = branch
         if pin:
             self.pin(branch)
-        return self.evict(len(self._entries) - len(self._pins) - self.capacity)
+        return out + self.evict(len(self._entries) - len(self._pins) - self.capacity)
 
     def pin(self, entry) -> None:
         """Add one reference to `entry`: it is not evicted until every reference is `unpin`ned."""

@@ -47,8 +47,8 @@ class _Rows(_Request):
     into `n`: needs `n` rows."""
 
     def __init__(self, n: int, branch: Branch | None = None, prompts: list[list[int]] | None = None,
-                 seeds: list[int] | None = None):
-        self.n, self.branch, self.prompts, self.seeds = n, branch, prompts, seeds
+                 seeds: list[int] | None = None, remember: bool = True):
+        self.n, self.branch, self.prompts, self.seeds, self.remember = n, branch, prompts, seeds, remember
 
 
 class _Forward(_Request):
@@ -97,10 +97,11 @@ class SearchEngine:
         self.owned = [b for b in self.owned if not b.released]
         return self.rows - len(self.owned)
 
-    async def prefill(self, ids: Sequence[int], seed: int | None = None) -> Branch:
-        return (await self.prefill_batch([ids], None if seed is None else [seed]))[0]
+    async def prefill(self, ids: Sequence[int], seed: int | None = None, *, remember: bool = True) -> Branch:
+        return (await self.prefill_batch([ids], None if seed is None else [seed], remember=remember))[0]
 
-    async def prefill_batch(self, prompts: Sequence[Sequence[int]], seeds: Sequence[int] | None = None) -> list[Branch]:
+    async def prefill_batch(self, prompts: Sequence[Sequence[int]], seeds: Sequence[int] | None = None, *,
+                            remember: bool = True) -> list[Branch]:
         """As `Engine.prefill_batch`: new roots, their uncached parts forwarded in one shared step."""
         prompts = [self.engine._check_ids(ids, "ids") for ids in prompts]
         if not prompts:
@@ -109,7 +110,8 @@ class SearchEngine:
             raise ValueError(f"seeds has {len(seeds)} entries; expected one per prompt ({len(prompts)})")
         for ids in prompts:
             self.engine._check_context(0, len(ids))
-        return await _Rows(len(prompts), prompts=prompts, seeds=None if seeds is None else list(seeds))
+        return await _Rows(len(prompts), prompts=prompts, seeds=None if seeds is None else list(seeds),
+                           remember=remember)
 
     async def fork(self, branch: Branch, n: int) -> list[Branch]:
         self.engine._check_live([branch])
@@ -316,7 +318,8 @@ class Scheduler:
                 t.ctx.stats.tokens_reused += sum(len(p) - len(r) for p, r in zip(req.prompts, rests))
                 todo = [(b, r) for b, r in zip(roots, rests) if r]  # none: the cache held every prompt
                 if todo:
-                    t.waiting = _Forward([b for b, _ in todo], [r for _, r in todo], result=roots, roots=roots)
+                    t.waiting = _Forward([b for b, _ in todo], [r for _, r in todo], result=roots,
+                                         roots=roots if req.remember else ())
                     return
                 t.send = roots
             else:

@@ -505,7 +505,7 @@ class SelfJudge:
         common = common_prefix(suffixes[0], suffixes[1]) if self.both_orders else len(suffixes[0])
         ctxs = await engine.prefill_batch([
             st.head + (list(tok.encode(t, add_special_tokens=False))[-room:] or [id_a]) + suffixes[0][:common]
-            for t in texts])
+            for t in texts], remember=False)  # each context goes to the prefix cache whole, below
         seconds = [(await engine.fork(b, 1))[0] for b in ctxs] if self.both_orders else []
         rows = ctxs + seconds
         if seconds:
