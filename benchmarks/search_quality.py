@@ -148,6 +148,10 @@ def main(argv=None) -> int:
     # Self-consistency and pass@k with the first k samples of the sampling run.
     searched_ids = {q.id for q in problems}
     sampled = [r for r in read_results(path["sampling"])[1] if r["id"] in searched_ids]
+    fewest = min((len(r["samples"]) for r in sampled), default=args.samples)
+    if fewest < args.samples:
+        raise SystemExit(f"--samples={args.samples} is more than the sampling run holds ({fewest} samples per "
+                         f"problem in {path['sampling']}); accepted: --samples 1..{fewest}")
     sc = {k: first_k_samples(sampled, k) for k in range(1, args.samples + 1)}
     oracle = {k: first_k_samples(sampled, k, rule="oracle") for k in range(1, args.samples + 1)}
 
