@@ -126,3 +126,13 @@ def test_as_config_writes_objects_by_name():
     assert config["scorer"].endswith("verifier") and config["stop"]["eos_ids"] == [1, 3]
     assert config["stop"]["strings"] == ["\n"]
     json.dumps(config)
+
+
+def test_capped_ids_copy_keeps_its_triggers_below_the_new_budget():
+    from decodesearch.integrations.hf import capped
+
+    ids = IDS(n=2, b0=64, gamma=2.0, max_tokens=512)
+    short, tiny = capped(ids, 100), capped(ids, 40)
+    assert (ids.max_tokens, ids.b0, list(ids.boundaries)) == (512, 64, [64, 128, 256])  # the original is intact
+    assert (short.max_tokens, short.b0, list(short.boundaries)) == (100, 64, [64])
+    assert (tiny.b0, list(tiny.boundaries)) == (40, [])

@@ -12,7 +12,7 @@ import torch
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 
 from decodesearch.engine import Engine
-from decodesearch.strategies import IDS, SearchResult, Strategy, make_strategy
+from decodesearch.strategies import SearchResult, Strategy, make_strategy
 
 #: `generate` settings a strategy decides itself (its `sampler`, its search), with the values
 #: transformers fills in when nobody set them; any other value was given and is overridden.
@@ -123,7 +123,7 @@ def custom_generate(strategy: str | Strategy, tokenizer=None, *, engine: Engine 
 
 def capped(strategy: Strategy, max_tokens: int | None) -> Strategy:
     """`strategy` with its `max_tokens` lowered to `max_tokens` (a shallow copy; the strategy itself
-    when None or not lower). IDS keeps its trigger positions below the new budget."""
+    when None or not lower; its settings revised, so IDS's `b0` and trigger positions follow)."""
     if max_tokens is None:
         return strategy
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
@@ -132,7 +132,4 @@ def capped(strategy: Strategy, max_tokens: int | None) -> Strategy:
         return strategy
     out = copy.copy(strategy)
     out.max_tokens = max_tokens
-    if isinstance(out, IDS):
-        out.b0 = min(out.b0, max_tokens)
-        out.boundaries = [p for p in strategy.boundaries if p < max_tokens]
     return out
