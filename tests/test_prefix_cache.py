@@ -117,7 +117,7 @@ def test_released_branch_kept_in_cache_serves_later_prefills_and_pins_hold(tiny_
     assert SHARED[:40] in held and ctx_tokens not in held and len(held) == 2
     assert not engine.release(engine.prefill([3] * 4), cache=True)  # shorter than prefix_min_tokens
     engine.unpin(SHARED[:40])
-    with pytest.raises(ValueError, match="pinned"):
+    with pytest.raises(ValueError, match="no pin"):
         engine.unpin(SHARED[:40])
     assert len(engine.prefix_cache) == 1  # unpinned, the head counts against capacity again
     assert engine.live_branches == []
@@ -151,3 +151,22 @@ def test_an_entry_replaces_the_unpinned_entries_it_covers_and_remember_false_add
     assert len(engine.prefix_cache) == 0
     engine.prefill(SHARED)
     assert len(engine.prefix_cache) == 1
+
+
+def test_unpin_drops_the_pin_taken_on_those_ids(tiny_llama):
+    """A pin taken on a prefix of a pinned entry goes to that entry; unpinning the prefix drops that
+    pin, never another entry's, so every unpin finds its own pin."""
+    model, tok = tiny_llama
+    engine = Engine(model, tok, max_rows=8, prefix_cache_rows=0)
+    long = engine.prefill(SHARED)
+    engine.release(long, cache=True, pin=True)
+    other = engine.prefill(SHARED[:40] + [1, 1])
+    engine.release(other, cache=True, pin=True)
+    short = engine.prefill(SHARED[:40])  # covered by the first entry: no row of its own
+    engine.release(short, cache=True, pin=True)
+    pc = engine.prefix_cache
+    assert len(pc) == 2 and sorted(pc.pins(e) for e in pc.entries) == [1, 2]
+    engine.unpin(SHARED[:40])
+    engine.unpin(SHARED[:40] + [1, 1])  # its own pin is still there to drop
+    engine.unpin(SHARED)
+    assert len(pc) == 0 and engine.held_rows == 0  # capacity 0: unpinned entries go at once

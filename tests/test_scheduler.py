@@ -67,13 +67,20 @@ def _rounded(x):
     return x
 
 
-def _view(result):
+def _view(result, cost: tuple[str, ...] = ()):
     """Everything a result says (tokens exactly, floats to 4 decimals), except timings, forward-call
-    counts and the evaluator's running totals over all searches, which depend on the interleaving."""
+    counts and the evaluator's running totals over all searches, which depend on the interleaving,
+    and the `cost` fields (at the top, in trace events and in their counters)."""
     d = result.as_dict()
     d.pop("wall_s")
-    d["trace"] = [{k: v for k, v in e.items() if k not in ("forward_calls", "evaluator")}
-                  for e in d["trace"] if e["event"] != "engine_stats"]
+    drop = ("forward_calls", "evaluator", *cost)
+
+    def strip(e: dict) -> dict:
+        return {k: strip(v) if k == "counters" else v for k, v in e.items() if k not in drop}
+
+    for k in cost:
+        d.pop(k, None)
+    d["trace"] = [strip(e) for e in d["trace"] if e["event"] != "engine_stats"]
     return _rounded(d)
 
 
@@ -83,13 +90,18 @@ def test_concurrent_equals_serial(llama, name):
     serial_engine, conc_engine = Engine(model, tok, max_rows=128), Engine(model, tok, max_rows=128)
     serial = STRATEGIES[name]().run(serial_engine, PROMPTS, concurrency=1)
     concurrent = STRATEGIES[name]().run(conc_engine, PROMPTS)
-    assert [_view(r) for r in concurrent] == [_view(r) for r in serial]
+    # RAIN's node states beyond its pins stay in the shared prefix cache while it has room, so what a
+    # rebuilt state costs depends on the other searches; its results and tree must not.
+    cost = ("tokens_forwarded", "materialized", "materialized_whole", "materialized_tokens") if name == "rain" else ()
+    assert [_view(r, cost) for r in concurrent] == [_view(r, cost) for r in serial]
     assert all(r.token_ids or r.samples for r in serial)
     # It really ran together: fewer forwards, more rows at once, and nothing left behind.
     assert conc_engine.stats.forward_calls < serial_engine.stats.forward_calls
     assert conc_engine.stats.peak_rows > serial_engine.stats.peak_rows
-    assert conc_engine.stats.tokens_forwarded == serial_engine.stats.tokens_forwarded
+    if not cost:
+        assert conc_engine.stats.tokens_forwarded == serial_engine.stats.tokens_forwarded
     assert conc_engine.live_branches == [] and serial_engine.live_branches == []
+    assert not any(conc_engine.prefix_cache.pins(e) for e in conc_engine.prefix_cache.entries)
 
 
 def test_admission_queues_searches_when_rows_run_out(llama):

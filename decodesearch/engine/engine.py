@@ -185,6 +185,7 @@ class Engine:
         if not isinstance(self.backend, Backend):
             raise ValueError(f"backend={backend!r}; accepted: a decodesearch.engine.backend.Backend, or None")
         self.prefix_cache = PrefixCache(prefix_cache_rows if self.backend.reuses_prefixes else 0, prefix_min_tokens)
+        self._pins: dict[tuple[int, ...], list[Branch]] = {}  # ids a pin was taken on -> the entries pinned
         self.max_context = int(getattr(cfg, "max_position_embeddings", 1 << 30))
         self.seed = seed
         self._roots = 0
@@ -453,11 +454,14 @@ class Engine:
         With `cache=True` the row stays as a prefix-cache entry holding `branch.tokens`, so a later
         `prefill` whose ids start with (part of) them copies those columns instead of forwarding them;
         an entry already holding all of them is kept instead (and this row freed). With `pin=True` as
-        well, that entry is pinned until `unpin(branch.tokens)`. Not kept: with the prefix cache off,
-        or a sequence shorter than `prefix_min_tokens` unless pinned. Returns whether it was kept."""
+        well, that entry is pinned until `unpin(branch.tokens)`; pinned entries do not count against
+        `prefix_cache_rows`, so pins hold even with it 0. Not kept: unpinned with `prefix_cache_rows=0`
+        or shorter than `prefix_min_tokens`, or with a backend that shares no state (`Reencode`).
+        Returns whether it was kept."""
         self._check_live([branch])
         pc = self.prefix_cache
-        if not (cache and pc.capacity and (pin or branch.length >= pc.min_tokens)):
+        keep = pin or (pc.capacity and branch.length >= pc.min_tokens)
+        if not (cache and keep and self.backend.reuses_prefixes):
             self._free(branch)
             return False
         entry = pc.covering(branch.tokens)
@@ -468,20 +472,23 @@ class Engine:
             entry = branch
             branch.released = True
         evicted = pc.insert(entry, pin=pin) if entry is branch else []
-        if pin and entry is not branch:
-            pc.pin(entry)
+        if pin:
+            if entry is not branch:
+                pc.pin(entry)
+            self._pins.setdefault(tuple(branch.tokens), []).append(entry)
         for old in evicted:
             self._free(old)
         return True
 
     def unpin(self, ids: Sequence[int]) -> None:
-        """Drop one pin (from `release(..., pin=True)`) of the prefix-cache entry holding exactly `ids`
-        or starting with them; ValueError if no pinned entry does."""
-        ids = list(ids)
-        entry = next((b for b in self.prefix_cache.entries if self.prefix_cache.pins(b)
-                      and b.tokens[: len(ids)] == ids), None)
-        if entry is None:
-            raise ValueError("unpin: no pinned prefix-cache entry holds these ids")
+        """Drop one pin taken by `release(branch, pin=True)` on a branch whose tokens were `ids` (from
+        the entry that pin went to); ValueError if there is none."""
+        held = self._pins.get(tuple(ids))
+        if not held:
+            raise ValueError("unpin: no pin was taken on these ids")
+        entry = held.pop()
+        if not held:
+            del self._pins[tuple(ids)]
         for old in self.prefix_cache.unpin(entry):
             self._free(old)
 

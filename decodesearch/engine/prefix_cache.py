@@ -59,13 +59,14 @@ class PrefixCache:
 
     def match_prefix(self, ids: Sequence[int]):
         """`(entry, n)`: the entry sharing the longest prefix with `ids` and that length, if
-        n >= `min_tokens`; else `(None, 0)`. A hit becomes the most recently used."""
+        n >= `min_tokens` or n is all of `ids` (no forward at all); else `(None, 0)`. A hit becomes
+        the most recently used."""
         best, best_n = None, 0
         for b in self._entries.values():
             n = common_prefix(b.tokens, ids)
             if n > best_n:
                 best, best_n = b, n
-        if best is None or best_n < self.min_tokens:
+        if best is None or best_n < min(self.min_tokens, len(ids)):
             return None, 0
         self._entries.move_to_end(id(best))
         return best, best_n

@@ -80,8 +80,9 @@ class SearchStats:
 
 class SearchEngine:
     """One search's view of the engine: the `Engine` operations, with those that forward or need rows
-    awaitable. Every branch it creates belongs to the search and is released when the search ends.
-    `rows` is the search's declared row budget (`rows_left` what of it is not in use)."""
+    awaitable. Every branch it creates belongs to the search and is released when the search ends,
+    and every prefix-cache pin it takes is dropped then. `rows` is the search's declared row budget
+    (`rows_left` what of it is not in use: its live branches and its pins hold rows)."""
 
     def __init__(self, engine: Engine, rows: int):
         self.engine = engine
@@ -91,11 +92,12 @@ class SearchEngine:
         self.rows = rows
         self.stats = SearchStats()
         self.owned: list[Branch] = []
+        self.pinned: list[list[int]] = []  # the ids of each pin this search holds
 
     @property
     def rows_left(self) -> int:
         self.owned = [b for b in self.owned if not b.released]
-        return self.rows - len(self.owned)
+        return self.rows - len(self.owned) - len(self.pinned)
 
     async def prefill(self, ids: Sequence[int], seed: int | None = None, *, remember: bool = True) -> Branch:
         return (await self.prefill_batch([ids], None if seed is None else [seed], remember=remember))[0]
@@ -137,10 +139,19 @@ class SearchEngine:
         self.engine.rewind(branch, n)
 
     def release(self, branch: Branch, *, cache: bool = False, pin: bool = False) -> bool:
-        return self.engine.release(branch, cache=cache, pin=pin)
+        ids = list(branch.tokens)
+        kept = self.engine.release(branch, cache=cache, pin=pin)
+        if kept and pin:
+            self.pinned.append(ids)
+        return kept
 
     def unpin(self, ids: Sequence[int]) -> None:
+        """Drop one of this search's pins on `ids` (ValueError if it holds none)."""
+        ids = list(ids)
+        if ids not in self.pinned:
+            raise ValueError("unpin: this search holds no pin on these ids")
         self.engine.unpin(ids)
+        self.pinned.remove(ids)
 
     def logits(self, branches: Sequence[Branch]) -> torch.Tensor:
         return self.engine.logits(branches)
@@ -149,11 +160,14 @@ class SearchEngine:
         return self.engine.logprobs(branches, candidate_ids)
 
     def close(self) -> None:
-        """Release every branch of this search still live."""
+        """Release every branch of this search still live and drop its pins."""
         for b in self.owned:
             if not b.released:
                 self.engine.release(b)
         self.owned = []
+        for ids in self.pinned:
+            self.engine.unpin(ids)
+        self.pinned = []
 
 
 @dataclass

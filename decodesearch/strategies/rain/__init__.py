@@ -31,13 +31,13 @@ times with q > V = 0.8 (the official code's test), or the root has T = 50 visits
 15 new searches per commit; commit the most-visited child (ties by q), keep its subtree (its visits
 count towards the next T), repeat until EOS, `max_tokens` or a stop string.
 
-Engine use: the committed prefix and every node's state live as engine branches; expansion forks
-the leaf K times and decodes all K candidates and the rollout in ONE batch (one forward per step);
-the rollout is undone with `rewind`; a node whose branch was evicted is rebuilt by forking a live
-descendant and rewinding (no forward) or, failing that, forking its nearest live ancestor and
-extending the missing tokens. Randomness comes from generators seeded from each node's position in
-the tree (derived from the root branch's seed), so results are deterministic by seed and do not
-depend on how branches are cached or batched.
+Engine use: the committed prefix and node states live in the engine's prefix cache, pinned by the
+search (at most `max_cached_branches`); a node in use is a prefill the cache serves (its own or a
+descendant's state: a row copy, no forward; else its nearest cached ancestor's, forwarding the
+missing tokens); expansion forks the leaf K times and decodes all K candidates and the rollout in
+ONE batch (one forward per step); the rollout is undone with `rewind`. Randomness comes from
+generators seeded from each node's position in the tree (derived from the root branch's seed), so
+results are deterministic by seed and do not depend on how branches are cached or batched.
 
 Presets (``RAIN(preset=...)``, `settings.PRESETS`): ``hh`` (the official HH judge's shape),
 ``truthful`` (one Yes/No judge order, rollouts to the end of the sequence, judged response cut

@@ -1,11 +1,15 @@
-"""The search loop of RAIN on the engine (`RainSearch`): one prompt's tree and its engine branches.
+"""The search loop of RAIN on the engine (`RainSearch`): one prompt's tree and its engine states.
 
-The tree (`tree.RainTree`) decides; this module decodes. It keeps the committed prefix and cached
-node states as engine branches, evicts and rebuilds them (`materialize`: fork a live descendant and
-rewind, or fork the nearest live ancestor and extend), decodes each expansion's K candidates and the
-rollout in one batch, rewinds the rollout, asks the evaluator, embeds the rollout texts and hands
-values to the tree's backup. Randomness comes from generators seeded from each node's position in
-the tree, so results do not depend on caching or batching.
+The tree (`tree.RainTree`) decides; this module decodes. Node states live in the engine's prefix
+cache, pinned by the search (`release(branch, cache=True, pin=True)`), at most
+`max_cached_branches` of them; a node in use is `materialize`d by a prefill the cache serves (its
+own state or a descendant's: a row copy and nothing forwarded; else the nearest ancestor's, and
+the missing tokens are forwarded). When rows run short, or past that bound, pins are dropped,
+expanded nodes first (a descendant's state serves them), then the least recently used. Each
+expansion's K candidates and the rollout decode in one batch, the rollout is rewound, the evaluator
+asked, the rollout texts embedded and the values handed to the tree's backup. Randomness comes from
+generators seeded from each node's position in the tree, so results do not depend on caching or
+batching.
 """
 
 from __future__ import annotations
@@ -87,15 +91,16 @@ class RainSearch:
         self.eos = s.stop.eos_ids if s.stop.eos_ids is not None else engine.eos_ids
         self.rollout_stop = Stop(eos_ids=self.eos, boundaries=s.boundaries)  # a rollout ends a clause
         root = RainNode(None, (), 1.0, step=0, seq_len=root_branch.length, seed=root_branch.seed)
-        root.branch = root_branch
         self.tree = RainTree(s, root)
         self.committed: list[int] = list(root_branch.tokens)
         self.clock = 0
         self.done: str | None = None
         self.total_searches = 0
         self.counters = dict(rewinds=0, rewound_tokens=0, evaluations=0, add_attempts=0, children_added=0,
-                             materialized_tokens=0, materialized_by_rewind=0, evicted=0, rollout_tokens=0)
+                             materialized=0, materialized_whole=0, materialized_tokens=0, evicted=0,
+                             rollout_tokens=0)
         self.reserve = judge_rows(evaluator)
+        self._keep(root, root_branch)
         self._check_done(root)
 
     # ------------------------------------------------------------------ tree views
@@ -151,36 +156,45 @@ class RainSearch:
         elif self.settings.stop.hit(self.tok, self.committed[self.prompt_len:]):  # response tokens only
             self.done = StopReason.STOP_STRING
 
-    # ------------------------------------------------------------------ branch pool
+    # ------------------------------------------------------------------ node states
 
-    def _live_nodes(self) -> list[RainNode]:
-        return [n for n in self.root.walk() if n.branch is not None]
+    def full_tokens(self, node: RainNode) -> list[int]:
+        """`node`'s whole sequence: the prompt, the committed response and the sets down to `node`."""
+        return self.committed[: self.prompt_len] + self.response_tokens(node)
 
-    def _make_room(self, k: int, needed: Sequence[RainNode], pinned: Sequence[RainNode] = ()) -> None:
-        """Evict cached node branches until `k` more rows (plus the evaluator's reserve) fit. The
-        branches of `needed` nodes (and the root) are used next and never evicted; those of `pinned`
-        nodes (the current path) are kept while other branches can go, and evicted only when rows
-        run out (a path node's branch can be rebuilt from an ancestor)."""
-        limit = self.settings.max_cached_branches
-        hard = {id(n) for n in needed} | {id(self.root)}
-        soft = hard | {id(p) for p in pinned}
-        while True:
-            live = self._live_nodes()
-            rows_free = self.engine.rows_left
-            if rows_free >= k + self.reserve and len(live) + k <= max(limit, k + 2):
-                return
-            cand = [n for n in live if id(n) not in soft]
-            if not cand and rows_free < k + self.reserve:
-                cand = [n for n in live if id(n) not in hard]
-            if not cand:
-                if rows_free >= k + self.reserve:
-                    return
-                raise CapacityError(f"RAIN needs {k + self.reserve} free engine rows and has {rows_free}")
-            # Expanded nodes first (a descendant can rebuild them with fork + rewind), then least recent.
-            victim = min(cand, key=lambda n: (not n.expanded, n.last_used))
-            self.engine.release(victim.branch)
-            victim.branch = None
-            self.counters["evicted"] += 1
+    def _keep(self, node: RainNode, branch: Branch) -> None:
+        """Hand `branch` (holding exactly `node`'s sequence) to the engine's prefix cache, pinned for
+        this search unless `node` holds a pin already; then drop pins past `max_cached_branches`."""
+        if node.cached:
+            self.engine.release(branch, cache=True)
+        else:
+            node.cached = self.engine.release(branch, cache=True, pin=True)
+        self._touch(node)
+        cached = [n for n in self.root.walk() if n.cached]
+        for victim in self._eviction_order(cached, keep=[node])[: max(0, len(cached) - self.settings.max_cached_branches)]:
+            self._unpin(victim)
+
+    def _unpin(self, node: RainNode) -> None:
+        self.engine.unpin(self.full_tokens(node))
+        node.cached = False
+        self.counters["evicted"] += 1
+
+    @staticmethod
+    def _eviction_order(nodes: Sequence[RainNode], keep: Sequence[RainNode] = ()) -> list[RainNode]:
+        """Expanded nodes first (a descendant's state serves them), then the least recently used."""
+        spared = {id(n) for n in keep}
+        return sorted((n for n in nodes if id(n) not in spared), key=lambda n: (not n.expanded, n.last_used))
+
+    def _make_room(self, k: int, keep: Sequence[RainNode] = ()) -> None:
+        """Drop pins (never those of `keep`) until `k` more rows plus the evaluator's reserve fit
+        within this search's rows."""
+        need = k + self.reserve
+        victims = iter(self._eviction_order([n for n in self.root.walk() if n.cached], keep))
+        while self.engine.rows_left < need:
+            victim = next(victims, None)
+            if victim is None:
+                raise CapacityError(f"RAIN needs {need} free engine rows and has {self.engine.rows_left}")
+            self._unpin(victim)
 
     def _rewind(self, branch: Branch, n: int) -> None:
         if n:
@@ -188,28 +202,17 @@ class RainSearch:
             self.counters["rewinds"] += 1
             self.counters["rewound_tokens"] += n
 
-    async def materialize(self, node: RainNode, pinned: Sequence[RainNode] = ()) -> Branch:
-        """A live branch whose tokens are exactly `node`'s sequence."""
-        if node.branch is not None:
-            self._touch(node)
-            return node.branch
-        src = next((d for d in node.walk() if d is not node and d.branch is not None), None)
-        if src is not None:
-            self._make_room(1, [src], [*pinned, node])
-            b = (await self.engine.fork(src.branch, 1))[0]
-            self._rewind(b, src.seq_len - node.seq_len)
-            self.counters["materialized_by_rewind"] += 1
-        else:
-            anc = node.parent
-            while anc.branch is None:
-                anc = anc.parent
-            self._make_room(1, [anc], [*pinned, node])
-            b = (await self.engine.fork(anc.branch, 1))[0]
-            ids = self._path_tokens(anc, node)
-            if ids:
-                await self.engine.extend([b], [ids])
-                self.counters["materialized_tokens"] += len(ids)
-        node.branch = b
+    async def materialize(self, node: RainNode) -> Branch:
+        """A live branch holding exactly `node`'s sequence (the caller hands it back with `_keep` or
+        releases it): a prefill the engine's prefix cache serves as far as it can."""
+        self._make_room(1, [node])
+        ids = self.full_tokens(node)
+        reused = self.engine.stats.tokens_reused
+        b = await self.engine.prefill(ids, seed=node.seed, remember=False)
+        forwarded = len(ids) - (self.engine.stats.tokens_reused - reused)
+        self.counters["materialized"] += 1
+        self.counters["materialized_whole"] += forwarded == 0
+        self.counters["materialized_tokens"] += forwarded
         self._touch(node)
         return b
 
@@ -267,14 +270,13 @@ class RainSearch:
 
     def _children_from_rows(self, parent: RainNode, rows: list[_Row]) -> None:
         """New children from decoded candidate rows (`RainTree.add_candidates`); the branch of a
-        dropped or terminal candidate is released, the others become the children's branches."""
+        dropped or terminal candidate is released, the others are kept as the children's states."""
         cands = [Candidate(r.out, r.kind, r.logp, r.stop, r.limit) for r in rows]
         for r, child in zip(rows, self.tree.add_candidates(parent, cands)):
             if child is None or child.terminal:
                 self.engine.release(r.branch)
             else:
-                child.branch = r.branch
-                self._touch(child)
+                self._keep(child, r.branch)
 
     def _top_children(self, parent: RainNode, logits: torch.Tensor, count: int) -> int:
         strings = self.settings.stop.strings
@@ -282,7 +284,7 @@ class RainSearch:
         return self.tree.add_top_tokens(parent, logits, count, self.eos,
                                         lambda t: bool(strings) and self.settings.stop.hit(self.tok, resp + [t]))
 
-    async def _maybe_add_child(self, node: RainNode, pinned: list[RainNode]) -> None:
+    async def _maybe_add_child(self, node: RainNode) -> None:
         """Dynamic node addition (`RainTree.wants_child`): the next-best token for 1-token sets, a
         new sample otherwise, up to `max_children` children."""
         if self.embedder is None or not self.tree.wants_child(node):
@@ -292,16 +294,17 @@ class RainSearch:
             return
         self.counters["add_attempts"] += 1
         kids = node.children
-        branch = await self.materialize(node, pinned)
+        branch = await self.materialize(node)
         before = len(kids)
         if expand == 1:
             self._top_children(node, self.engine.logits([branch])[0], 1)
         else:
-            self._make_room(1, [node], pinned)
+            self._make_room(1, [node])
             fork = (await self.engine.fork(branch, 1))[0]
             row = _Row(fork, "sample", expand, derive_seed(node.seed, _ADD + node.added))
             await self._decode_rows([row], self.response_tokens(node))
             self._children_from_rows(node, [row])
+        self._keep(node, branch)
         node.added += 1
         self.counters["children_added"] += len(kids) - before
 
@@ -318,7 +321,7 @@ class RainSearch:
         s, engine = self.settings, self.engine
         node, path = self.root, [self.root]
         while node.children:
-            await self._maybe_add_child(node, path)
+            await self._maybe_add_child(node)
             node = self.select(node)
             path.append(node)
         leaf = node
@@ -327,14 +330,14 @@ class RainSearch:
         resp = self.response_tokens(leaf)
         rollout: list[int] = []
         if leaf.terminal is None:
-            branch = await self.materialize(leaf, path)
+            branch = await self.materialize(leaf)
             expand = self._expand_len(leaf)
             rows: list[_Row] = []
             top_logits = None
             if expand == 1:
                 top_logits = engine.logits([branch])[0]  # read before the rollout moves the branch
             else:
-                self._make_room(s.num_candidates, [leaf], path)
+                self._make_room(s.num_candidates, [leaf])
                 forks = await engine.fork(branch, s.num_candidates)
                 for j, f in enumerate(forks):
                     rows.append(_Row(f, "greedy" if j == 0 else "sample", expand, derive_seed(leaf.seed, _EXPAND + j)))
@@ -352,6 +355,7 @@ class RainSearch:
             else:
                 self._children_from_rows(leaf, rows)
             leaf.expanded = True
+            self._keep(leaf, branch)
         full = resp + rollout
         v = float((await self.evaluator.evaluate(engine, [self.judged_text(full)]))[0])
         self.counters["evaluations"] += 1
@@ -388,35 +392,29 @@ class RainSearch:
         return ran
 
     async def commit(self) -> RainNode:
-        """Move the root to its most-visited child, keep that subtree, release everything else."""
+        """Move the root to its most-visited child, keep that subtree's states, drop the other pins."""
         old = self.root
         new = self.most_visited()
         if new is None:
             raise RuntimeError("commit() needs a root with children; run a search first")
-        if new.terminal is None:
-            if new.branch is None and not any(d.branch is not None for d in new.walk()):
-                # Nothing below is cached: grow the committed branch in place instead of forking it.
-                await self.engine.extend([old.branch], [list(new.tokens)])
-                self.counters["materialized_tokens"] += len(new.tokens)
-                new.branch, old.branch = old.branch, None
-            else:
-                await self.materialize(new, [new])
+        if new.terminal is None and not any(d.cached for d in new.walk()):
+            self._keep(new, await self.materialize(new))  # from the old root's state, still pinned
         keep = {id(n) for n in new.walk()}
         for n in old.walk():
-            if id(n) not in keep and n.branch is not None:
-                self.engine.release(n.branch)
-                n.branch = None
+            if id(n) not in keep and n.cached:
+                self.engine.unpin(self.full_tokens(n))
+                n.cached = False
         self.tree.reroot(new)
         self.committed.extend(new.tokens)
         self._check_done(new)
         return new
 
     def close(self) -> None:
-        """Release every branch the tree holds (the committed one included)."""
+        """Drop every pin the tree holds (the committed state's included)."""
         for n in self.root.walk():
-            if n.branch is not None and not n.branch.released:
-                self.engine.release(n.branch)
-            n.branch = None
+            if n.cached:
+                self.engine.unpin(self.full_tokens(n))
+                n.cached = False
 
     def children_summary(self, node: RainNode | None = None) -> list[dict]:
         node = node or self.root

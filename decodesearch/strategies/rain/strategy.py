@@ -49,7 +49,7 @@ class RAIN(Strategy):
     - `preset`: ``"hh"``, ``"truthful"`` or ``"adversarial"`` (`settings.PRESETS`): the official
       variants' settings; options given explicitly override the preset's.
     - `max_tokens` bounds the committed response (default 256); `trace_searches` adds one trace
-      event per search; `max_cached_branches` bounds the tree's cached engine branches.
+      event per search; `max_cached_branches` bounds the node states the tree keeps pinned in the engine's prefix cache.
     """
 
     name = "rain"
@@ -93,8 +93,8 @@ class RAIN(Strategy):
 
     def peak_rows(self, max_rows: int) -> int:
         """At least the K candidates, the root, the leaf, one spare and the evaluator's rows; the tree
-        caches up to `max_cached_branches` branches where `max_rows` leaves room (a search evicts
-        cached branches to stay within its rows, so lower `max_cached_branches` to run more RAIN
+        pins up to `max_cached_branches` node states in the prefix cache where `max_rows` leaves room (a
+        search drops pins to stay within its rows, so lower `max_cached_branches` to run more RAIN
         searches at once)."""
         s = self.settings
         need = s.num_candidates + 3 + self.judge_rows()

@@ -13,7 +13,7 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 
-from decodesearch.engine import Branch, StopReason, derive_seed
+from decodesearch.engine import StopReason, derive_seed
 from decodesearch.scoring.embeddings import cosine
 
 from .settings import RainSettings
@@ -83,10 +83,10 @@ class RainNode:
     the set's joint probability under the expansion distribution, `prior` it normalised over the
     siblings. `seq_len` is the length of the whole sequence (prompt included) ending with this set.
     `terminal` is None or why the sequence cannot grow (``"eos"``, ``"length"``, ``"stop_string"``,
-    ``"context"``). `branch` is the engine branch holding the node's sequence, when cached."""
+    ``"context"``). `cached`: whether the search holds a pin on the node's state in the engine's prefix cache."""
 
     __slots__ = ("parent", "tokens", "joint", "prior", "children", "n", "visits", "evals", "q", "embedding",
-                 "step", "seq_len", "seed", "terminal", "branch", "last_used", "added", "expanded")
+                 "step", "seq_len", "seed", "terminal", "cached", "last_used", "added", "expanded")
 
     def __init__(self, parent: "RainNode | None", tokens: Sequence[int], joint: float, step: int, seq_len: int,
                  seed: int, terminal: str | None = None):
@@ -104,7 +104,7 @@ class RainNode:
         self.seq_len = seq_len
         self.seed = seed
         self.terminal = terminal
-        self.branch: Branch | None = None
+        self.cached = False
         self.last_used = 0
         self.added = 0
         self.expanded = False
