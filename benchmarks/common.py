@@ -94,3 +94,15 @@ def write_report(path: str | Path, report: dict, *, quiet: bool = False) -> Path
     if not quiet:
         print(f"wrote {out}")
     return out
+
+
+def engine_vs_reencode(engine: dict, reencode: dict) -> dict:
+    """Print the side-by-side table of one search run on `Engine` and on `Engine(backend=Reencode())`
+    (dicts with tokens_forwarded, forward_calls, wall_s, tokens_generated) and return the ratios
+    re-encode / engine of tokens forwarded and wall time."""
+    print(f"\n{'':<22}{'engine':>12}{'re-encode':>12}{'ratio':>8}")
+    for key in ("tokens_forwarded", "forward_calls", "wall_s"):
+        print(f"{key:<22}{engine[key]:>12.1f}{reencode[key]:>12.1f}{reencode[key] / engine[key]:>7.2f}x")
+    print(f"{'tokens_generated':<22}{engine['tokens_generated']:>12}{reencode['tokens_generated']:>12}")
+    return {"ratio_tokens_forwarded": reencode["tokens_forwarded"] / engine["tokens_forwarded"],
+            "ratio_wall": reencode["wall_s"] / engine["wall_s"]}

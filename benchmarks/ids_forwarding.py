@@ -16,7 +16,7 @@ from decodesearch.engine import DenseRows, Engine, Reencode
 from decodesearch.models import load_model
 from decodesearch.strategies import IDS
 
-from common import RESULTS, add_data_arg, add_model_args, environment, write_report
+from common import RESULTS, add_data_arg, add_model_args, engine_vs_reencode, environment, write_report
 
 
 def main(argv=None):
@@ -45,13 +45,7 @@ def main(argv=None):
         print(f"{name}: {rows[name]['tokens_forwarded']} tokens forwarded, {res.wall_s:.1f} s", flush=True)
     e, r = rows["engine"], rows["reencode"]
     result = {**environment(args), "problem_id": problem.id, "n": args.n, "b0": args.b0, "gamma": args.gamma,
-              "max_tokens": args.max_tokens, **rows,
-              "ratio_tokens_forwarded": r["tokens_forwarded"] / e["tokens_forwarded"],
-              "ratio_wall": r["wall_s"] / e["wall_s"]}
-    print(f"\n{'':<22}{'engine':>12}{'re-encode':>12}{'ratio':>8}")
-    for key in ("tokens_forwarded", "forward_calls", "wall_s"):
-        print(f"{key:<22}{e[key]:>12.1f}{r[key]:>12.1f}{r[key] / e[key]:>7.2f}x")
-    print(f"{'tokens_generated':<22}{e['tokens_generated']:>12}{r['tokens_generated']:>12}")
+              "max_tokens": args.max_tokens, **rows, **engine_vs_reencode(e, r)}
     write_report(args.out, result)
 
 

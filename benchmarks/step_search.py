@@ -16,7 +16,7 @@ from decodesearch.engine import DenseRows, Engine, Reencode
 from decodesearch.models import load_model
 from decodesearch.strategies import BeamSearch
 
-from common import RESULTS, add_data_arg, add_model_args, environment, write_report
+from common import RESULTS, add_data_arg, add_model_args, engine_vs_reencode, environment, write_report
 
 
 def main(argv=None):
@@ -47,13 +47,7 @@ def main(argv=None):
     e, r = rows["engine"], rows["reencode"]
     result = {**environment(args), "problem_id": problem.id, "n": args.n, "beam_width": args.beam_width,
               "max_steps": args.max_steps, "max_tokens": args.max_tokens, "scorer": "logprob",
-              "same_tokens": e.pop("token_ids") == r.pop("token_ids"), **rows,
-              "ratio_tokens_forwarded": r["tokens_forwarded"] / e["tokens_forwarded"],
-              "ratio_wall": r["wall_s"] / e["wall_s"]}
-    print(f"\n{'':<22}{'engine':>12}{'re-encode':>12}{'ratio':>8}")
-    for key in ("tokens_forwarded", "forward_calls", "wall_s"):
-        print(f"{key:<22}{e[key]:>12.1f}{r[key]:>12.1f}{r[key] / e[key]:>7.2f}x")
-    print(f"{'tokens_generated':<22}{e['tokens_generated']:>12}{r['tokens_generated']:>12}")
+              "same_tokens": e.pop("token_ids") == r.pop("token_ids"), **rows, **engine_vs_reencode(e, r)}
     print(f"same chosen tokens on both engines: {result['same_tokens']}")
     write_report(args.out, result)
 

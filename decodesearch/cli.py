@@ -130,18 +130,6 @@ def _args_model(parser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
 
 
-def _hub_unreachable(timeout_s: float = 3.0) -> str | None:
-    """Why the HF hub cannot be reached now (offline mode, no route, no name resolution), or None."""
-    import os
-
-    from decodesearch.models import hub_connection_problem
-
-    if any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on")
-           for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")):
-        return "offline mode is set (HF_HUB_OFFLINE)"
-    return hub_connection_problem(timeout_s)
-
-
 def check_model_source(name: str) -> None:
     """Fail fast for a hub id that cannot load: the hub is unreachable and the id is not in the local
     HF cache (instead of transformers' retries and traceback). A cached hub id with the hub
@@ -156,7 +144,9 @@ def check_model_source(name: str) -> None:
     if text.startswith(("/", "./", "../", "~")) or text.count("/") > 1 or os.sep != "/" and os.sep in text:
         raise FileNotFoundError(f"--model {text!r}: no such folder (and not a registry name or an 'owner/name' "
                                 f"hub id; registry names: {', '.join(REGISTRY)})")
-    reason = _hub_unreachable()
+    from decodesearch.models import hub_problem
+
+    reason = hub_problem(text)
     if reason is None:
         return
     from huggingface_hub import constants, try_to_load_from_cache

@@ -349,3 +349,41 @@ def test_real_rebuild_of_truncated_cache(smollm2, tmp_cache):
         assert torch.equal(model(ids).logits, ref_model(ids).logits)
     assert tok("hello")["input_ids"] == ref_tok("hello")["input_ids"]
     _assert_clean(tmp_cache)
+
+
+def test_hub_problem_asks_huggingface_hub_and_names_only_connection_failures(monkeypatch):
+    """Offline mode and a failed transport are problems (said at once); an answer from the hub (a
+    missing repository) or a malformed id is not: the loader then says what is wrong."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    from decodesearch.models import hub_problem
+
+    asked = []
+
+    def answer(error):
+        def repo_info(self, repo_id, repo_type=None, timeout=None):
+            asked.append((repo_id, repo_type, timeout))
+            if error is not None:
+                raise error
+        return repo_info
+
+    from huggingface_hub import constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # the tests' conftest runs offline
+    monkeypatch.setattr(HfApi, "repo_info", answer(ConnectionError("no route to host")))
+    assert "cannot be reached" in hub_problem("a/b") and "no route to host" in hub_problem("a/b", "dataset", 1.0)
+    assert asked[-1] == ("a/b", "dataset", 1.0)
+    not_found = RepositoryNotFoundError.__new__(RepositoryNotFoundError)  # as raised for a 404 (no response here)
+    Exception.__init__(not_found, "404 Repository Not Found")
+    monkeypatch.setattr(HfApi, "repo_info", answer(not_found))
+    assert hub_problem("a/b") is None
+    monkeypatch.setattr(HfApi, "repo_info", answer(ValueError("bad id")))
+    assert hub_problem("a/b") is None
+    monkeypatch.setattr(HfApi, "repo_info", answer(None))
+    assert hub_problem("a/b") is None
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    n = len(asked)
+    assert "offline mode" in hub_problem("a/b") and len(asked) == n  # no request at all

@@ -157,7 +157,7 @@ def _load_named(key: str, data_dir) -> list[Problem]:
         tried.append(f"no {' or '.join(files)} in {folder}")
     else:
         tried.append(f"no --data-dir given and ${DATA_ENV} is unset")
-    reason = _hub_unreachable()
+    reason = _hub_unreachable(hub[0][0])
     if reason is None:
         try:
             return _load_hub(key, kind, hub)
@@ -171,8 +171,8 @@ def _load_named(key: str, data_dir) -> list[Problem]:
     )
 
 
-def _hub_unreachable(timeout_s: float = 3.0) -> str | None:
-    """Why the hub cannot be used now, or None. Offline mode (``HF_HUB_OFFLINE``/
+def _hub_unreachable(repo_id: str) -> str | None:
+    """Why the hub cannot serve dataset `repo_id` now, or None. Offline mode (``HF_HUB_OFFLINE``/
     ``HF_DATASETS_OFFLINE``) counts as usable: ``datasets`` then reads its local cache."""
     try:
         import datasets  # noqa: F401
@@ -181,9 +181,9 @@ def _hub_unreachable(timeout_s: float = 3.0) -> str | None:
     flags = (os.environ.get("HF_HUB_OFFLINE", ""), os.environ.get("HF_DATASETS_OFFLINE", ""))
     if any(f.strip().lower() in ("1", "true", "yes", "on") for f in flags):
         return None
-    from decodesearch.models import hub_connection_problem
+    from decodesearch.models import hub_problem
 
-    return hub_connection_problem(timeout_s)
+    return hub_problem(repo_id, repo_type="dataset")
 
 
 def _field(rec: dict, *names: str):

@@ -12,7 +12,7 @@ One idea per module:
   cache.py     the cache folder, its completeness marker and manifest, atomic builds under a file lock
   loading.py   load_model (dtype/device checks, cache-or-build, pass-through to from_pretrained)
   status.py    list_models: the registry with installed/cached flags (`decodesearch models`)
-  hub.py       hub_connection_problem: can the HF hub be reached now
+  hub.py       hub_problem: can the HF hub serve a repository now (asked through huggingface_hub)
 
 The public names are re-exported here; private helpers stay in their module (tests that replace one
 patch it there, e.g. ``registry._module_dir`` or ``gguf.convert``). Importing this package does not
@@ -21,7 +21,7 @@ import torch or transformers.
 
 from decodesearch.models.cache import CACHE_FORMAT, MARKER, cache_dir, cached_path
 from decodesearch.models.errors import ChecksumError, MissingPackageError, ModelLoadError, UnknownModelError
-from decodesearch.models.hub import hub_connection_problem
+from decodesearch.models.hub import hub_problem
 from decodesearch.models.loading import DEVICES, DTYPES, load_model
 from decodesearch.models.registry import REGISTRY, RegistryEntry, registry_names
 from decodesearch.models.status import ModelStatus, list_models
@@ -40,7 +40,7 @@ __all__ = [
     "UnknownModelError",
     "cache_dir",
     "cached_path",
-    "hub_connection_problem",
+    "hub_problem",
     "list_models",
     "load_model",
     "registry_names",

@@ -1,19 +1,31 @@
-"""Whether the HF hub can be reached now (a cheap TCP check, so offline runs fail fast)."""
+"""Whether the HF hub can serve a repository now, asked through huggingface_hub itself.
+
+One metadata request (`HfApi.repo_info`, a short timeout, no retries) answers at once where the
+loader's own first request would retry for about half a minute offline. Offline mode is
+huggingface_hub's own setting (``HF_HUB_OFFLINE``). An answer from the hub (the repository is
+missing, gated, private) is not a connection problem: the loader then says what is wrong.
+"""
 
 from __future__ import annotations
 
 import os
 
 
-def hub_connection_problem(timeout_s: float = 3.0) -> str | None:
-    """Why a TCP connection to the HF hub (``$HF_ENDPOINT``) cannot be opened now, or None."""
-    import socket
-    from urllib.parse import urlparse
+def hub_problem(repo_id: str, repo_type: str = "model", timeout_s: float = 3.0) -> str | None:
+    """Why `repo_id` cannot be fetched from the HF hub now (offline mode, no connection), or None."""
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
+    set_now = any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on")
+                  for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))  # set after huggingface_hub was imported
+    if constants.HF_HUB_OFFLINE or set_now:
+        return "offline mode is set (HF_HUB_OFFLINE)"
     try:
-        socket.create_connection((host, port), timeout=timeout_s).close()
-    except OSError as e:
-        return f"{host}:{port} is unreachable ({e})"
+        HfApi().repo_info(repo_id, repo_type=repo_type, timeout=timeout_s)
+    except OfflineModeIsEnabled:
+        return "offline mode is set (HF_HUB_OFFLINE)"
+    except (HfHubHTTPError, ValueError):  # the hub answered, or the id is malformed: the loader says
+        return None
+    except Exception as e:  # the transport failed: no route, no name resolution, timeout
+        return f"the HF hub ({constants.ENDPOINT}) cannot be reached: {type(e).__name__}: {e}"
     return None
