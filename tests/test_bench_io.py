@@ -221,6 +221,10 @@ def test_config_mismatch_refused_and_file_untouched(tmp_path):
     with open_results(out, {**CONFIG, "limit": 5}, ignore_keys=["limit"]) as rf:
         assert rf.finished == ["q0"]
     assert config_diff({"a": (1, 2)}, {"a": [1, 2]}) == []
+    # a file from before `settings` was recorded resumes; one that records them is compared on them
+    with open_results(out, {**CONFIG, "settings": {"n": 4}}) as rf:
+        assert rf.finished == ["q0"]
+    assert config_diff({"settings": {"n": 4}}, {"settings": {"n": 5}}) == ["settings.n: file has 4, this run has 5"]
 
 
 def test_corrupt_files_refused_untouched(tmp_path):

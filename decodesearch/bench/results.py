@@ -136,14 +136,21 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 
 _MISSING = object()
 
+#: Top-level config keys recorded only since a later version of this library (`settings`: the
+#: strategy's whole settings dataclass). A file written before lacks them and stays resumable; a
+#: file that has them is compared on them.
+ADDED_KEYS = ("settings",)
+
 
 def config_diff(old: dict, new: dict, ignore_keys: Iterable[str] = ()) -> list[str]:
-    """Human-readable differences between two configs, one string per differing (dotted) key.
+    """Human-readable differences between two configs (`old`: the file's), one string per differing
+    (dotted) key.
 
     Nested dicts are compared key by key (``"sampler.temperature"``); a key listed in
-    ``ignore_keys`` (top-level or dotted) and everything under it is ignored.
+    ``ignore_keys`` (top-level or dotted) and everything under it is ignored, and so is one of
+    `ADDED_KEYS` that `old` lacks.
     """
-    ignore = set(ignore_keys)
+    ignore = set(ignore_keys) | {k for k in ADDED_KEYS if k not in old}
 
     def ignored(key: str) -> bool:
         parts = key.split(".")
