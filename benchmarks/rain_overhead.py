@@ -104,15 +104,8 @@ def make_rain(args) -> RAIN:
 
 
 def rain_settings(rain: RAIN) -> dict:
-    """The knobs of `rain` as run, read from the object (so the JSON follows RAIN's defaults)."""
-    names = ("num_candidates", "set_lengths", "c_puct", "root_prior_mix", "similarity_threshold",
-             "similarity_weight", "max_visits", "min_visits", "min_new_searches", "value_threshold",
-             "rollout_max_tokens", "max_tokens", "seed")
-    out = {k: getattr(rain, k) for k in names}
-    out.update(set_lengths=list(rain.set_lengths), sampler=repr(rain.sampler),
-               rollout_sampler=repr(rain.rollout_sampler), evaluator="harmless",
-               judge_soft=getattr(rain.evaluator, "soft", None), embedder=rain.embedder_spec)
-    return out
+    """The knobs of `rain` as run, read from its settings (so the JSON follows RAIN's defaults)."""
+    return {**rain.settings.as_config(), "judge_soft": getattr(rain.evaluator, "soft", None)}
 
 
 def run_rain(backend, model, tok, prompts, args) -> dict:

@@ -2,9 +2,12 @@
 on CPU under the Triton interpreter at toy sizes (timings are not checked: they mean nothing)."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "kernel_speed.py"
 
@@ -122,3 +125,41 @@ def test_search_quality_benchmark_both_suites_at_toy_sizes(tiny_dir, tmp_path):
     assert {r["run"] for r in step["rows"]} >= {"best_of_n", "beam_search_logprob", "beam_search_self_judge",
                                                  "dvts_logprob", "dvts_self_judge"}
     assert (tmp_path / "runs" / "sampling.jsonl").read_bytes() == sampling_file  # reused, not run again
+
+
+SHARED_DATA = SCRIPT.parents[2] / "shared" / "data"  # ../shared/data beside the checkout (MATH-500 with solutions)
+
+
+@pytest.mark.parametrize("script,args,check", [
+    ("engine_overhead.py", ["--n", "2", "--new", "8", "--rounds", "2", "--reps", "1"], "tokens forwarded"),
+    ("prefix_cache.py", ["--data-dir", str(SHARED_DATA), "--shots", "1", "--problems", "3", "--max-tokens", "4",
+                         "--repeats", "1"], "same tokens: True"),
+    ("ids_forwarding.py", ["--data-dir", "{data}", "--n", "2", "--b0", "4", "--max-tokens", "16"], "tokens_forwarded"),
+    ("step_search.py", ["--data-dir", "{data}", "--n", "2", "--beam-width", "1", "--max-steps", "2",
+                        "--max-tokens", "16"], "same chosen tokens on both engines: True"),
+    ("rain_overhead.py", ["--max-tokens", "4", "--num-candidates", "2", "--max-visits", "3", "--min-new-searches", "2",
+                          "--pairs", "1", "--rollout-max-tokens", "3", "--embedder", "lm"], "same tokens: True"),
+    ("rain_harmlessness.py", ["--max-tokens", "3", "--num-candidates", "2", "--max-visits", "2",
+                              "--min-new-searches", "1", "--samples", "1", "--limit", "2", "--rollout-max-tokens", "2",
+                              "--embedder", "lm"], "harmless"),
+])
+def test_benchmark_scripts_run_end_to_end_at_toy_sizes(tiny_dir, tmp_path, script, args, check):
+    """Each measuring script runs on a tiny model and writes its JSON (so an API change that breaks
+    one is caught here, not on the day its reference is rerun)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = [{"id": f"math500-{i:03d}", "problem": f"What is {i} + {i}?", "answer": str(2 * i), "level": 1}
+            for i in range(4)]
+    (data / "math500.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out.json"
+    argv = [a.replace("{data}", str(data)) for a in args]
+    model = Path(tiny_dir)
+    if script == "rain_harmlessness.py":  # the HH judge's few-shot block alone is ~900 tokens
+        model = tmp_path / "tiny_long"
+        shutil.copytree(tiny_dir, model)
+        cfg = json.loads((model / "config.json").read_text())
+        (model / "config.json").write_text(json.dumps({**cfg, "max_position_embeddings": 2048}))
+    proc = subprocess.run([sys.executable, str(SCRIPT.parent / script), "--model", str(model), "--dtype", "float32",
+                           *argv, "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(out.read_text()) and check in proc.stdout
