@@ -136,3 +136,19 @@ def test_capped_ids_copy_keeps_its_triggers_below_the_new_budget():
     assert (ids.max_tokens, ids.b0, list(ids.boundaries)) == (512, 64, [64, 128, 256])  # the original is intact
     assert (short.max_tokens, short.b0, list(short.boundaries)) == (100, 64, [64])
     assert (tiny.b0, list(tiny.boundaries)) == (40, [])
+
+
+def test_assigning_a_spec_setting_rebuilds_what_is_derived_from_it():
+    beam = BeamSearch(n=4, beam_width=2, scorer="logprob")
+    first = beam.scorer
+    beam.max_steps = 3  # not the scorer's spec: the same scorer object stays
+    assert beam.scorer is first
+    beam.delimiter = "\n"
+    assert beam.scorer is not first and beam.settings.delimiter == "\n"
+    ids = IDS(n=2, b0=32, max_tokens=256)
+    ids.b0 = 16
+    assert list(ids.boundaries) == [16, 32, 64, 128]
+    rain = RAIN(evaluator="harmless")
+    judge = rain.evaluator
+    rain.evaluator = "truthful_yes_no"
+    assert rain.evaluator is not judge and rain.context_format == rain.evaluator.context_format

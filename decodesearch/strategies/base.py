@@ -16,7 +16,8 @@ arguments (`progress`, a callback). One mechanism reads and changes them:
   where a strategy builds a runtime object from a setting that names one (BestOfN's `step_scorer`,
   BeamSearch's `scorer`, RAIN's `evaluator`): that attribute is the built object, and
   `settings.<name>` keeps what was given.
-- `strategy.x = v` replaces `settings` by the validated copy `strategy.revise(x=v)`.
+- `strategy.x = v` replaces `settings` by the validated copy `strategy.revise(x=v)`; every change of
+  `settings` calls `settings_changed(old)`, where a strategy rebuilds what it derives from them.
 `decodesearch.options` derives the CLI flags, `--opt` and lm-eval's model args from the fields, and
 results headers record `settings.as_config()`.
 """
@@ -195,7 +196,14 @@ class Strategy:
     def __setattr__(self, name: str, value) -> None:
         if name in self.settings_class.names():
             name, value = "settings", self.revise(**{name: value})
+        old = self.__dict__.get("settings")
         object.__setattr__(self, name, value)
+        if name == "settings":
+            self.settings_changed(old)
+
+    def settings_changed(self, old: StrategySettings | None) -> None:
+        """Rebuild what this strategy derives from `settings` (objects built from a spec), after they
+        changed from `old` (None: on construction). Default: nothing is derived."""
 
     def revise(self, **changes) -> StrategySettings:
         """This strategy's settings with `changes`, validated (what `strategy.x = v` installs)."""

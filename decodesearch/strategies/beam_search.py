@@ -82,9 +82,10 @@ class BeamSearch(Strategy):
     name = "beam_search"
     settings_class = BeamSearchSettings
 
-    def __init__(self, **options):
-        super().__init__(**options)
-        self._scorer = make_step_scorer(self.settings.scorer, self.delimiter)
+    def settings_changed(self, old) -> None:
+        s = self.settings
+        if old is None or (old.scorer, old.delimiter) != (s.scorer, s.delimiter):
+            self._scorer = make_step_scorer(s.scorer, s.delimiter)
 
     @property
     def scorer(self):

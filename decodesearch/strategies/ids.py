@@ -213,18 +213,17 @@ class IDSSettings(StrategySettings):
 
 
 class IDS(Strategy):
-    """Iterative deepening sampling (see the module docstring); options: `IDSSettings`.
-    `boundaries` (the sampled-token counts where triggers go in) follows the settings."""
+    """Iterative deepening sampling (see the module docstring); options: `IDSSettings`."""
 
     name = "ids"
     settings_class = IDSSettings
 
-    def __setattr__(self, name: str, value) -> None:
-        super().__setattr__(name, value)
-        if name in IDSSettings.names() or name == "settings":
-            s = self.settings
-            make = budget_boundaries if s.schedule == "budget" else segment_boundaries
-            object.__setattr__(self, "boundaries", make(s.b0, s.gamma, s.max_tokens))
+    @property
+    def boundaries(self) -> list[int]:
+        """The sampled-token counts where triggers go in (from `schedule`, `b0`, `gamma`, `max_tokens`)."""
+        s = self.settings
+        make = budget_boundaries if s.schedule == "budget" else segment_boundaries
+        return make(s.b0, s.gamma, s.max_tokens)
 
     def revise(self, **changes) -> IDSSettings:
         """As `Strategy.revise`; a `max_tokens` lowered below `b0` lowers `b0` with it."""

@@ -161,10 +161,10 @@ class BestOfN(Sampling):
     name = "best_of_n"
     settings_class = BestOfNSettings
 
-    def __init__(self, **options):
-        super().__init__(**options)
-        spec = self.settings.step_scorer
-        self._step_scorer = None if spec is None else make_step_scorer(spec, self.delimiter)
+    def settings_changed(self, old) -> None:
+        s = self.settings
+        if old is None or (old.step_scorer, old.delimiter) != (s.step_scorer, s.delimiter):
+            self._step_scorer = None if s.step_scorer is None else make_step_scorer(s.step_scorer, s.delimiter)
 
     @property
     def step_scorer(self):

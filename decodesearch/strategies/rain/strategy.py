@@ -58,12 +58,19 @@ class RAIN(Strategy):
     def __init__(self, *, progress: Callable[[int, int], None] | None = None, **options):
         if options.get("sampler") is None:
             options.pop("sampler", None)  # None: the preset's sampler, else the default
+        self._context_format_given = options.get("context_format") is not None
+        self._embedders: dict[tuple[str, int], Any] = {}
         super().__init__(progress=progress, **{**preset_options(options.get("preset")), **options})
-        given = options.get("context_format")
-        self._evaluator = as_evaluator(self.settings.evaluator, given)
-        if given is None:
+
+    def settings_changed(self, old) -> None:
+        """Build the evaluator from `settings.evaluator` (again when it changes); without a
+        `context_format` of the caller's the judged text takes the evaluator's own."""
+        s = self.settings
+        if old is not None and old.evaluator == s.evaluator:
+            return
+        self._evaluator = as_evaluator(s.evaluator, s.context_format if self._context_format_given else None)
+        if not self._context_format_given:
             self.context_format = getattr(self._evaluator, "context_format", DEFAULT_CONTEXT_FORMAT)
-        self._embedders: dict[int, Any] = {}
 
     @property
     def evaluator(self):
@@ -78,17 +85,17 @@ class RAIN(Strategy):
         return self.sampler.probs(logits)
 
     def embedder_for(self, engine: Engine):
-        """The resolved embedder for `engine`'s model (built once per model), or None."""
+        """The resolved embedder for `engine`'s model (built once per spec and model), or None."""
         spec = self.embedder
         if spec is None or not isinstance(spec, str):
             return spec
-        key = id(engine.model)
+        key = (spec, id(engine.model))
         if key not in self._embedders:
             self._embedders[key] = make_embedder(spec, engine.model, engine.tokenizer)
         return self._embedders[key]
 
     def judge_rows(self) -> int:
-        """Rows the evaluator may hold at once during one evaluation (its cached contexts + 2), + 1."""
+        """Rows the evaluator may hold at once during one evaluation (its `rows_needed`), + 1."""
         return judge_rows(self.evaluator)
 
     def peak_rows(self, max_rows: int) -> int:
