@@ -324,23 +324,25 @@ def test_self_judge_matches_fresh_forward_one_batch_and_memo(tiny_llama):
 
 def test_self_judge_soft_scores_same_with_and_without_the_prefix_cache(tiny_llama):
     """Contexts reused from the engine's prefix cache give the scores of a judge that forwards
-    everything (cache off); the reuse shows in `tokens_reused`."""
+    everything (the `Reencode` backend); the reuse shows in `tokens_reused`. With
+    `prefix_cache_rows=0` only the pinned few-shot block is reused."""
     model, tok = tiny_llama
     texts = ["Human: abc\n\nAssistant: one", "Human: abc\n\nAssistant: one two", "xyz"]
     scores, reused = [], []
-    for rows in (4, 0):
-        engine = Engine(model, tok, max_rows=16, prefix_cache_rows=rows, prefix_min_tokens=8)
+    for rows, backend in ((4, None), (0, None), (4, Reencode())):
+        engine = Engine(model, tok, max_rows=16, prefix_cache_rows=rows, prefix_min_tokens=8, backend=backend)
         judge = tiny_judge(soft=True)
         judge.prepare(engine)
         scores.append([run_one(engine, lambda ctx, t=t: judge.evaluate(ctx, [t]))[0] for t in texts])
         reused.append(engine.stats.tokens_reused)
         judge.release(engine)
         assert engine.live_branches == [] and not any(engine.prefix_cache.pins(e) for e in engine.prefix_cache.entries)
-    assert scores[0] == pytest.approx(scores[1], abs=1e-4)
+    assert scores[0] == pytest.approx(scores[2], abs=1e-4) and scores[1] == pytest.approx(scores[2], abs=1e-4)
     assert all(-1.0 <= x <= 1.0 for x in scores[0]) and len(set(scores[0])) > 1
     head = len(tok.encode(TINY_TEMPLATE.split("{text}")[0]))
     # each text reuses at least the few-shot block; the second also the first text's context
-    assert reused[0] >= 3 * head + len(tok.encode(texts[0])) and reused[1] == 0
+    assert reused[0] >= 3 * head + len(tok.encode(texts[0]))
+    assert reused[1] == 3 * head and reused[2] == 0
 
 
 def test_rain_prefills_the_judge_prefix_once_per_run(tiny_llama):

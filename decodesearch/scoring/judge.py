@@ -442,11 +442,11 @@ class SelfJudge:
     def prepare(self, engine) -> bool:
         """Prefill the few-shot prefix on `engine` and pin it in the engine's prefix cache, unless this
         judge holds it there already. Returns True if it did now (the caller should then
-        `release(engine)` when done). With the engine's prefix cache off nothing is kept: each
-        evaluation then forwards the block again."""
+        `release(engine)` when done). A pin holds with `prefix_cache_rows=0` too; with a backend that
+        shares no state (`Reencode`) nothing is kept and each evaluation forwards the block again."""
         self.letter_ids(engine.tokenizer)
         st = self._state(engine)
-        if st.pinned or not engine.prefix_cache.capacity:
+        if st.pinned or not engine.backend.reuses_prefixes:
             return False
         st.pinned = engine.release(engine.prefill(st.head), cache=True, pin=True)
         self.prefix_prefills += 1
