@@ -41,6 +41,9 @@ def _data_dir() -> Path:
         ("**Answer:** 17\nThere were 20 apples.", "17"),  # "answer:" before last number
         ("answer = 3.5.", "3.5"),
         ("Sum is 12. The final answer is within \\boxed{}.", "12"),  # the instruction echoed, not an answer
+        ("r = 3, so your answer is within\n\nWait, let me check", "3"),  # a sentence cut by a trigger
+        ("The area is 12. The answer is correct.", "12"),  # a remark on an answer, not one
+        ("The answer is infinity.", "infinity"),  # a word that only starts like a remark
         ("The answer is: $(3, 4]$", "(3, 4]"),
         ("I count 1,234 apples and 12 pears", "12"),  # last number
         ("she has -7 left", "-7"),

@@ -83,6 +83,12 @@ def _last_boxed(text: str) -> str | None:
     return content
 
 
+#: A phrase "answer is X" whose X starts with one of these words states no answer (it introduces
+#: one, or judges one): "within", "as follows", "correct", ... Such a sentence cut off by a trigger
+#: or a length limit ("So your answer is within") is common in small models' samples.
+_NOT_AN_ANSWER = re.compile(r"(?i)(?:within|in|as|below|above|shown|given|correct|incorrect|wrong|right|not|that)\b")
+
+
 def _clean_phrase(rest: str) -> str | None:
     """The answer at the start of ``rest`` (text after "answer is"): math delimiters or to sentence end."""
     rest = rest.strip().lstrip("*").strip()
@@ -99,6 +105,8 @@ def _clean_phrase(rest: str) -> str | None:
         line = line[: m.start()]
     line = line.strip().strip("*").strip().rstrip(".,;:").strip()
     if re.search(r"\\(?:boxed|fbox)\s*\{\s*\}", line):  # "the final answer is within \boxed{}": the instruction echoed
+        return None
+    if _NOT_AN_ANSWER.match(line):  # "the answer is within ...", "the answer is correct": a remark, not an answer
         return None
     return line or None
 
