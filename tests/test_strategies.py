@@ -76,17 +76,17 @@ class _SpaceTokenizer(ByteTokenizer):
 
 
 def test_ids_answers_never_come_from_triggers(llama):
-    """A trigger that states an answer ("the final answer is correct") is never an answer: not the
+    """A trigger that states an answer ("the final answer is 42") is never an answer: not the
     final one, not one before a trigger (the model stated none), not a vote."""
     model, _ = llama
     tok = _SpaceTokenizer()
-    leaky = " make sure the final answer is correct 42. "
+    leaky = " make sure the final answer is 42. "
     ids = IDS(n=2, b0=3, gamma=2.0, max_tokens=12, stop=NO_EOS, prompt_format=PLAIN, seed=1, triggers=[leaky])
     res = ids.run(Engine(model, tok), ["Q"])[0]
     assert leaky.strip() in res.samples[0].text  # the trigger went in
     from decodesearch.scoring.answers import extract_answer
 
-    assert extract_answer(res.samples[0].text) == "correct 42"  # what reading the whole text would give
+    assert extract_answer(res.samples[0].text) == "42"  # what reading the whole text would give
     for s in res.samples:
         assert s.answer not in ("correct", "correct 42", "42")
         assert all(a is None for a in s.answers_before_triggers)
